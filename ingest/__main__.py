@@ -1,0 +1,5 @@
+"""`python -m ingest` is the `holysheep-ingest` command."""
+
+from ingest.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,257 @@
+"""The `holysheep-ingest` command: serve, send, search, quarantine."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from ingest import __version__
+from ingest.errors import ConfigError, IngestError
+from ingest.settings import load
+
+DESCRIPTION = """\
+Receive the HolySheep relay's signed request webhooks, verify and enrich them, and keep
+them durably in an embedded store (SQLite under INGEST_DATA_DIR).
+
+Every setting is an INGEST_* environment variable; the flags below override them.
+The one you must set: INGEST_WEBHOOK_SECRET (comma-separated to rotate secrets)."""
+
+SERVE_EPILOG = """\
+settings (environment):
+  INGEST_WEBHOOK_SECRET         secret(s) shared with the relay, comma-separated (required)
+  INGEST_DATA_DIR               store directory (default ./data)
+  INGEST_HOST, INGEST_PORT      where to listen (default 127.0.0.1:8080)
+  INGEST_SIGNATURE_TOLERANCE_S  allowed clock difference, both directions (default 300)
+  INGEST_MAX_BODY_BYTES         body limit, also after gunzip (default 1MiB)
+  INGEST_DEDUP_WINDOW           a repeated event id is stored once within it (default 72h)
+  INGEST_RETENTION              local retention, at least the dedup window (default 30d)
+  INGEST_MAX_STORE_BYTES        answer 503 + Retry-After above this (default 10GiB)
+  INGEST_MIN_FREE_DISK_BYTES    ... or when the disk has less free (default 100MiB)
+  INGEST_STORE_SYNC             full (fsync each commit group, default) or normal
+  INGEST_PRICE_FILE             TOML/JSON price overrides, USD per 1M tokens
+  INGEST_RETRY_AFTER_S          Retry-After on 503 (default 30)
+
+endpoints: POST /webhooks/holysheep, GET /healthz, GET /readyz, GET /metrics"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"holysheep-ingest: {exc.message}", file=sys.stderr)
+        return 2
+    except IngestError as exc:
+        print(f"holysheep-ingest: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="holysheep-ingest", description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve", help="run the webhook receiver", epilog=SERVE_EPILOG,
+        description="Run the receiver: a 2xx means the event is committed to the store.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve.add_argument("--host", help="address to bind (INGEST_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (INGEST_PORT, default 8080)")
+    serve.add_argument("--data-dir", type=Path, help="store directory (INGEST_DATA_DIR)")
+    serve.add_argument("--price-file", type=Path, help="price overrides (INGEST_PRICE_FILE)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=cmd_serve)
+
+    send = sub.add_parser(
+        "send", help="sign and send sample or given events to a receiver",
+        description="Sign events with INGEST_WEBHOOK_SECRET (the first one) and post them. "
+        "Without --file, realistic sample traffic with unique ids is generated.")
+    send.add_argument("url", help="receiver URL; a bare host:port gets /webhooks/holysheep")
+    send.add_argument("--count", type=_positive, default=100, help="sample events (default 100)")
+    send.add_argument("--batch", type=_positive, default=1,
+                      help="events per request: 1 sends an object, more a JSON array")
+    send.add_argument("--rate", type=float, help="events per second (default: as fast as it can)")
+    send.add_argument("--file", type=Path, help="NDJSON file of events to send instead")
+    send.add_argument("--concurrency", type=_positive, default=8, help="requests in flight")
+    send.add_argument("--ndjson", action="store_true", help="send batches as NDJSON")
+    send.add_argument("--gzip", action="store_true", help="gzip bodies (Content-Encoding)")
+    send.add_argument("--seed", type=int, help="reproducible sample events")
+    send.add_argument("--quiet", action="store_true", help="no progress bar")
+    send.set_defaults(func=cmd_send)
+
+    search = sub.add_parser(
+        "search", help="find stored events by id, user, trace id or error text",
+        description="Search the embedded store, newest first; every filter given must match. "
+        "Exits 1 when nothing matches.")
+    search.add_argument("--id", dest="event_id", help="event id (exact)")
+    search.add_argument("--user", help="user_metadata.user_id (exact)")
+    search.add_argument("--trace", help="user_metadata.trace_id (exact)")
+    search.add_argument("--text", help="substring of error.message, case-insensitive")
+    search.add_argument("--limit", type=_positive, default=20, help="at most this many (20)")
+    search.add_argument("--json", action="store_true", help="JSON lines of stored documents")
+    search.add_argument("--data-dir", type=Path, help="store directory (INGEST_DATA_DIR)")
+    search.set_defaults(func=cmd_search)
+
+    quarantine = sub.add_parser(
+        "quarantine", help="list events refused as invalid, with their bytes and reason",
+        description="Invalid events are never dropped: they are kept with the reason.")
+    quarantine.add_argument("--limit", type=_positive, default=20)
+    quarantine.add_argument("--json", action="store_true", help="JSON lines")
+    quarantine.add_argument("--data-dir", type=Path, help="store directory (INGEST_DATA_DIR)")
+    quarantine.set_defaults(func=cmd_quarantine)
+    return parser
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return number
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ingest.app import create_app
+
+    settings = load(host=args.host, port=args.port, data_dir=args.data_dir,
+                    price_file=args.price_file, log_level=args.log_level)
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    app = create_app(settings)
+    logging.getLogger("ingest").info(
+        "listening on http://%s:%d/webhooks/holysheep, store %s, %d secret(s)",
+        settings.host, settings.port, settings.data_dir, len(settings.webhook_secret))
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                access_log=False, loop="auto", http="auto", timeout_graceful_shutdown=15)
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    from rich.table import Table
+
+    from ingest.sample import sample_events
+    from ingest.sender import send
+
+    settings = load()
+    secret = settings.secrets()[0]
+    url = webhook_url(args.url)
+    events: Any
+    if args.file:
+        try:
+            lines = [ln for ln in args.file.read_bytes().splitlines() if ln.strip()]
+        except OSError as exc:
+            raise ConfigError(f"cannot read {args.file}: {exc.strerror}") from exc
+        events, total = lines, len(lines)
+    else:
+        events, total = sample_events(args.count, seed=args.seed), args.count
+    console = Console(stderr=True)
+    with Progress("[progress.description]{task.description}", BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                  disable=args.quiet) as progress:
+        task = progress.add_task("sending", total=total)
+        summary = asyncio.run(send(
+            url, secret, events, batch_size=args.batch, concurrency=args.concurrency,
+            rate=args.rate, ndjson=args.ndjson, gzip=args.gzip,
+            on_progress=lambda n: progress.advance(task, n)))
+    table = Table(title=f"{summary.events} events in {summary.requests} requests, "
+                        f"{summary.seconds:.2f} s")
+    table.add_column("status")
+    table.add_column("requests", justify="right")
+    for status, count in sorted(summary.statuses.items()):
+        table.add_row(str(status), str(count))
+    for failure, count in sorted(summary.failures.items()):
+        table.add_row(failure, str(count))
+    console.print(table)
+    console.print(f"accepted {summary.accepted}, duplicates {summary.duplicates}, "
+                  f"quarantined {summary.quarantined}")
+    return 0 if summary.ok else 1
+
+
+def webhook_url(url: str) -> str:
+    if "://" not in url:
+        url = "http://" + url
+    parts = urlsplit(url)
+    if parts.path in ("", "/"):
+        return url.rstrip("/") + "/webhooks/holysheep"
+    return url
+
+
+def _reader(data_dir: Path | None) -> Any:
+    from ingest.store import Reader
+
+    return Reader(load(data_dir=data_dir).data_dir)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    reader = _reader(args.data_dir)
+    try:
+        docs = reader.search(event_id=args.event_id, user=args.user, trace=args.trace,
+                             text=args.text, limit=args.limit)
+    finally:
+        reader.close()
+    if not docs:
+        print("no stored event matches", file=sys.stderr)
+        return 1
+    if args.json:
+        out = sys.stdout.buffer
+        for doc in docs:
+            out.write(orjson.dumps(doc) + b"\n")
+        out.flush()
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for column in ("@timestamp", "id", "model", "status", "latency ms", "tokens", "cost $",
+                   "user", "error"):
+        table.add_column(column, overflow="fold")
+    for doc in docs:
+        meta = doc.get("user_metadata") or {}
+        table.add_row(
+            doc.get("@timestamp", ""), str(doc.get("id", "")), str(doc.get("model") or ""),
+            str(doc.get("status_code") or ""), _num(doc.get("latency_ms")),
+            _num(doc.get("tokens_used")), _num(doc.get("cost_usd")), str(meta.get("user_id") or ""),
+            str((doc.get("error") or {}).get("message") or ""))
+    Console().print(table)
+    return 0
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    reader = _reader(args.data_dir)
+    try:
+        items = reader.quarantined(args.limit)
+    finally:
+        reader.close()
+    if not items:
+        print("quarantine is empty", file=sys.stderr)
+        return 0
+    for item in items:
+        if args.json:
+            print(orjson.dumps(item).decode())
+        else:
+            print(f"#{item['id']} {item['reason']}\n    {item['raw'][:300]}")
+    return 0
+
+
+def _num(value: Any) -> str:
+    return "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)

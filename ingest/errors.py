@@ -1,0 +1,86 @@
+"""The one error tree of holysheep-ingest; HTTP status mapping lives in `ingest.webhook`.
+
+    IngestError
+    ├── ConfigError                  bad or missing setting; the CLI prints it and exits 2
+    ├── SignatureError               -> 401, `code` tells the sender why
+    │   ├── MissingSignature         no timestamp/signature header
+    │   ├── MalformedSignature       header present but not parseable
+    │   ├── StaleTimestamp           outside the tolerance, either direction
+    │   └── SignatureMismatch        well formed, no configured secret matches
+    ├── PayloadError
+    │   ├── PayloadTooLarge          -> 413 (raw or decompressed size over the limit)
+    │   ├── UnsupportedMediaType     -> 415
+    │   └── MalformedPayload         -> 400 (not JSON/NDJSON, bad gzip, empty)
+    ├── EventInvalid                 one event failed validation: quarantined, never an HTTP error
+    └── StoreError                   -> 503 with Retry-After
+        ├── StoreFull                over the size limit or the disk nearly full
+        └── StoreUnavailable         the writer failed or is stopped
+"""
+
+from __future__ import annotations
+
+
+class IngestError(Exception):
+    """Root of every error this package raises on purpose."""
+
+    code = "error"
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or self.code)
+        self.message = message or self.code
+
+
+class ConfigError(IngestError):
+    code = "config_error"
+
+
+class SignatureError(IngestError):
+    code = "invalid_signature"
+
+
+class MissingSignature(SignatureError):
+    code = "missing_signature"
+
+
+class MalformedSignature(SignatureError):
+    code = "malformed_signature"
+
+
+class StaleTimestamp(SignatureError):
+    code = "stale_timestamp"
+
+
+class SignatureMismatch(SignatureError):
+    code = "signature_mismatch"
+
+
+class PayloadError(IngestError):
+    code = "bad_payload"
+
+
+class PayloadTooLarge(PayloadError):
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(PayloadError):
+    code = "unsupported_media_type"
+
+
+class MalformedPayload(PayloadError):
+    code = "malformed_payload"
+
+
+class EventInvalid(IngestError):
+    code = "invalid_event"
+
+
+class StoreError(IngestError):
+    code = "store_unavailable"
+
+
+class StoreFull(StoreError):
+    code = "store_full"
+
+
+class StoreUnavailable(StoreError):
+    code = "store_unavailable"

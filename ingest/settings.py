@@ -1,0 +1,104 @@
+"""Settings from `INGEST_*` environment variables (pydantic-settings), built by the CLI or app."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BeforeValidator,
+    ByteSize,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from ingest.errors import ConfigError
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*", re.IGNORECASE)
+
+
+def parse_duration(value: Any) -> Any:
+    """`30d`, `72h`, `15m`, `10s`, `500ms` or plain seconds -> timedelta."""
+    if isinstance(value, str):
+        match = _DURATION.fullmatch(value)
+        if not match:
+            raise ValueError("use a number with a unit: 500ms, 10s, 15m, 72h, 30d, 2w")
+        number, unit = match.groups()
+        return timedelta(seconds=float(number) * _UNITS[(unit or "s").lower()])
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+NO_SECRET = (
+    "no webhook secret is set. Set INGEST_WEBHOOK_SECRET to the secret configured on the "
+    "HolySheep relay (several, comma-separated, while rotating), for example:\n"
+    "  export INGEST_WEBHOOK_SECRET=\"$(python -c 'import secrets; print(secrets.token_hex(32))')\""
+)
+
+
+class Settings(BaseSettings):
+    """Every setting is `INGEST_<NAME>` in the environment; CLI flags override."""
+
+    model_config = SettingsConfigDict(env_prefix="INGEST_", extra="ignore",
+                                      validate_default=True)
+
+    webhook_secret: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="secret(s) shared with the relay, comma-separated")
+    data_dir: Path = Path("data")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    signature_tolerance_s: int = Field(default=300, ge=1)
+    max_body_bytes: ByteSize = Field(default=ByteSize(1 << 20), gt=0)
+    dedup_window: Duration = timedelta(hours=72)
+    retention: Duration = timedelta(days=30)
+    max_store_bytes: ByteSize = Field(default=ByteSize(10 << 30), gt=0)
+    min_free_disk_bytes: ByteSize = ByteSize(100 << 20)
+    store_sync: Literal["full", "normal"] = "full"
+    housekeeping: Duration = timedelta(seconds=30)
+    retry_after_s: int = Field(default=30, ge=1)
+    price_file: Path | None = None
+    cost_tolerance: float = Field(default=0.01, ge=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _retention_covers_dedup(self) -> Settings:
+        if self.retention < self.dedup_window:
+            raise ValueError("INGEST_RETENTION must be at least INGEST_DEDUP_WINDOW: duplicates "
+                             "are found among the events the store still holds")
+        return self
+
+    def secrets(self) -> list[str]:
+        """The configured secrets in clear; raises ConfigError when there are none."""
+        values = [s.get_secret_value() for s in self.webhook_secret]
+        if not values:
+            raise ConfigError(NO_SECRET)
+        return values
+
+
+def load(**overrides: Any) -> Settings:
+    """Settings from the environment with `overrides` (None means not given) on top."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False, include_input=False):
+            name = "INGEST_" + "_".join(str(p) for p in err["loc"]).upper() if err["loc"] else ""
+            lines.append(f"{name or 'settings'}: {err['msg']}")
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(lines)) from None

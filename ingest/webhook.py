@@ -1,0 +1,198 @@
+"""The webhook hot path as a raw ASGI app, and the one place errors become HTTP statuses."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import Any
+
+import orjson
+
+from ingest import events
+from ingest.enrich import Enricher, Row, unpriced
+from ingest.errors import (
+    EventInvalid,
+    IngestError,
+    MalformedPayload,
+    PayloadTooLarge,
+    SignatureError,
+    SignatureMismatch,
+    StoreError,
+    UnsupportedMediaType,
+)
+from ingest.metrics import Metrics
+from ingest.signing import HEADERS, Secret, verify
+from ingest.store import Invalid, Store
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+log = logging.getLogger("ingest.webhook")
+
+_STATUS: tuple[tuple[type[IngestError], int], ...] = (
+    (SignatureError, 401),
+    (PayloadTooLarge, 413),
+    (UnsupportedMediaType, 415),
+    (MalformedPayload, 400),
+    (EventInvalid, 422),
+    (StoreError, 503),
+)
+_JSON = (b"content-type", b"application/json")
+_MAX_REPORTED_ERRORS = 20
+
+
+def http_status(exc: IngestError) -> int:
+    """The HTTP status for an error of the tree; anything unmapped is the server's fault."""
+    for cls, status in _STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def error_body(exc: IngestError) -> bytes:
+    return orjson.dumps({"error": exc.code, "message": exc.message})
+
+
+class WebhookEndpoint:
+    """POST handler: verify over raw bytes, parse, enrich, commit, then answer 202."""
+
+    def __init__(
+        self,
+        *,
+        secrets: Sequence[str],
+        tolerance_s: int,
+        max_body_bytes: int,
+        store: Store,
+        enricher: Enricher,
+        metrics: Metrics,
+        clock: Callable[[], float],
+        retry_after_s: int,
+    ) -> None:
+        self.secrets = [Secret.parse(s) for s in secrets]
+        self.tolerance_s = tolerance_s
+        self.max_body = max_body_bytes
+        self.store = store
+        self.enricher = enricher
+        self.metrics = metrics
+        self.clock = clock
+        self.retry_after = str(retry_after_s).encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            status, body = await self._handle(scope, receive)
+            headers = [_JSON]
+        except IngestError as exc:
+            status, body = http_status(exc), error_body(exc)
+            headers = [_JSON]
+            if status == 503:
+                headers.append((b"retry-after", self.retry_after))
+            self.metrics.refused(exc.code)
+            log.debug("webhook refused: %s %s", status, exc.code)
+        except _ClientGone:
+            return
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _handle(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
+        self.store.refuse_if_full()
+        wanted: dict[str, str] = {}
+        content_type = content_encoding = None
+        length = 0
+        for raw_name, raw_value in scope["headers"]:
+            name = raw_name.decode("latin-1").lower()
+            if name == "content-type":
+                content_type = raw_value.decode("latin-1")
+            elif name == "content-encoding":
+                content_encoding = raw_value.decode("latin-1")
+            elif name == "content-length":
+                length = int(raw_value) if raw_value.isdigit() else 0
+            elif name in HEADERS:
+                wanted[name] = raw_value.decode("latin-1")
+        fmt = events.body_format(content_type)
+        gzipped = events.check_encoding(content_encoding)
+        if length > self.max_body:
+            raise PayloadTooLarge(f"body is over the {self.max_body} byte limit")
+        body = await self._read(receive)
+        received_ms = int(self.clock() * 1000)
+        decoded = self._verified(wanted, body, gzipped, received_ms / 1000)
+        items = events.split(decoded, fmt)
+
+        rows: list[Row] = []
+        invalid: list[Invalid] = []
+        errors: list[dict[str, Any]] = []
+        for index, item in enumerate(items):
+            try:
+                if item.data is None:
+                    raise EventInvalid(item.reason or "invalid event")
+                rows.append(self.enricher.row(events.validate(item.data), item.raw, received_ms))
+            except EventInvalid as exc:
+                invalid.append(Invalid(item.raw, exc.message))
+                if len(errors) < _MAX_REPORTED_ERRORS:
+                    errors.append({"index": index, "reason": exc.message})
+        inserted = await self.store.write(rows, invalid, received_ms)
+
+        accepted = sum(inserted)
+        duplicates = len(inserted) - accepted
+        self._count(rows, inserted, accepted, duplicates, len(invalid))
+        answer: dict[str, Any] = {"accepted": accepted, "duplicates": duplicates,
+                                  "quarantined": len(invalid)}
+        if errors:
+            answer["errors"] = errors
+        # Nothing usable at all is the sender's error; it is kept in quarantine all the same.
+        return (422 if not rows else 202), orjson.dumps(answer)
+
+    def _verified(self, headers: dict[str, str], body: bytes, gzipped: bool, now: float) -> bytes:
+        """Check the signature over the wire bytes; for gzip the decompressed body may be signed."""
+        if not gzipped:
+            verify(headers, body, self.secrets, now, self.tolerance_s)
+            return body
+        try:
+            verify(headers, body, self.secrets, now, self.tolerance_s)
+        except SignatureMismatch:
+            decoded = events.gunzip(body, self.max_body)
+            verify(headers, decoded, self.secrets, now, self.tolerance_s)
+            return decoded
+        return events.gunzip(body, self.max_body)
+
+    async def _read(self, receive: Receive) -> bytes:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        body: bytes = message.get("body", b"")
+        if not message.get("more_body"):
+            if len(body) > self.max_body:
+                raise PayloadTooLarge(f"body is over the {self.max_body} byte limit")
+            return body
+        chunks, size = [body], len(body)
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise PayloadTooLarge(f"body is over the {self.max_body} byte limit")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+    def _count(self, rows: list[Row], inserted: list[bool], accepted: int, duplicates: int,
+               quarantined: int) -> None:
+        m = self.metrics
+        if accepted:
+            m.accepted.inc(accepted)
+            missing = sum(1 for row, new in zip(rows, inserted, strict=True)
+                          if new and unpriced(row))
+            if missing:
+                m.unpriced.inc(missing)
+        if duplicates:
+            m.duplicate.inc(duplicates)
+        if quarantined:
+            m.quarantined.inc(quarantined)
+
+
+class _ClientGone(Exception):
+    """The sender hung up before the body arrived; there is nobody to answer."""
