@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -11,6 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ingest.enrich import Enricher
 from ingest.errors import StoreError
@@ -22,6 +24,22 @@ from ingest.webhook import WebhookEndpoint, http_status
 
 WEBHOOK_PATH = "/webhooks/holysheep"
 log = logging.getLogger("ingest")
+
+
+class ReceiverApp(FastAPI):
+    """FastAPI, except that `POST /webhooks/holysheep` goes straight to its raw ASGI endpoint.
+
+    The webhook is the hot path: FastAPI's middleware stack (telemetry, error and exception
+    handlers, exit stacks, body limits) costs more per request than verifying and storing.
+    """
+
+    webhook: ASGIApp
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == WEBHOOK_PATH and scope["method"] == "POST":
+            await self.webhook(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 def build_store(settings: Settings, clock: Callable[[], float] = time.time) -> Store:
@@ -63,16 +81,23 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store.start()
         log.info("store open at %s", store.path)
+        # Everything loaded so far (the price snapshot alone is ~20k objects) lives as long as
+        # the process: frozen, the collector no longer re-scans it while requests allocate.
+        prices.warm(int(clock() * 1000))
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
-            await asyncio.to_thread(store.close)
+            store.close()
             log.info("store closed")
 
-    app = FastAPI(title="holysheep-ingest", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = ReceiverApp(title="holysheep-ingest", lifespan=lifespan, docs_url=None,
+                      redoc_url=None)
+    app.webhook = webhook
     app.state.store = store
     app.state.metrics = metrics
-    # The webhook skips FastAPI's request/response machinery: it is the hot path.
+    # Also routed, so other methods on the path get FastAPI's 405.
     app.router.routes.append(Route(WEBHOOK_PATH, webhook, methods=["POST"]))
 
     @app.get("/healthz")

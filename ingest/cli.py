@@ -140,7 +140,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "listening on http://%s:%d/webhooks/holysheep, store %s, %d secret(s)",
         settings.host, settings.port, settings.data_dir, len(settings.webhook_secret))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=False, loop="auto", http="auto", timeout_graceful_shutdown=15)
+                access_log=False, proxy_headers=False, timeout_graceful_shutdown=15)
     return 0
 
 

@@ -84,6 +84,11 @@ class PriceBook:
     def from_file(cls, path: Path | None, lookup: Lookup | None = library_lookup) -> PriceBook:
         return cls(load_overrides(path) if path else None, lookup)
 
+    def warm(self, when_ms: int) -> None:
+        """Load the library's price data now rather than inside the first request."""
+        if self._lookup is not None:
+            self.rate("gpt-4o", when_ms)
+
     def rate(self, model: str, when_ms: int) -> Rate | None:
         name = model.strip().lower()
         found = self._overrides.get(name)

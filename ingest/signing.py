@@ -12,7 +12,13 @@ from datetime import UTC, datetime
 
 from standardwebhooks.webhooks import Webhook
 
-from ingest.errors import MalformedSignature, MissingSignature, SignatureMismatch, StaleTimestamp
+from ingest.errors import (
+    ConfigError,
+    MalformedSignature,
+    MissingSignature,
+    SignatureMismatch,
+    StaleTimestamp,
+)
 
 HOLYSHEEP_TIMESTAMP = "x-holysheep-timestamp"
 HOLYSHEEP_SIGNATURE = "x-holysheep-signature"
@@ -37,14 +43,14 @@ class Secret:
 
     @classmethod
     def parse(cls, value: str) -> Secret:
+        """Raises ConfigError for a secret that cannot be used (empty, or bad whsec_ base64)."""
         raw = value.encode()
-        if value.startswith("whsec_"):
-            try:
-                standard = Webhook(value)
-            except (binascii.Error, ValueError) as exc:
-                raise ValueError("a whsec_ secret must be base64 after the prefix") from exc
-        else:
-            standard = Webhook(raw)
+        try:
+            # The library raises its own exception types here, not ValueError.
+            standard = Webhook(value) if value.startswith("whsec_") else Webhook(raw)
+        except Exception:
+            raise ConfigError("INGEST_WEBHOOK_SECRET: a whsec_ secret needs non-empty base64 "
+                              "after the prefix (the Standard Webhooks format)") from None
         return cls(raw=raw, standard=standard)
 
 

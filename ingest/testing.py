@@ -1,0 +1,116 @@
+"""Test helpers shipped beside the code: a receiver in a child process, signed requests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+import orjson
+
+from ingest.signing import signed_headers
+
+SECRET = "test-secret-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def signed(body: bytes | dict[str, Any] | list[Any], secret: str = SECRET,
+           timestamp: int | None = None, content_type: str = "application/json",
+           ) -> tuple[bytes, dict[str, str]]:
+    """A body (JSON-encoded if not bytes) and the headers that sign it now (or at `timestamp`)."""
+    raw = body if isinstance(body, bytes) else orjson.dumps(body)
+    headers = {"Content-Type": content_type,
+               **signed_headers(secret, raw, int(time.time()) if timestamp is None else timestamp)}
+    return raw, headers
+
+
+class ReceiverProcess:
+    """`holysheep-ingest serve` in a child process on 127.0.0.1, ready once /healthz answers."""
+
+    def __init__(self, data_dir: Path, env: Mapping[str, str] | None = None,
+                 secret: str = SECRET, port: int | None = None,
+                 cpu: int | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.webhook_url = self.url + "/webhooks/holysheep"
+        self.env = {**os.environ, "INGEST_WEBHOOK_SECRET": secret,
+                    "INGEST_MIN_FREE_DISK_BYTES": "0", "INGEST_LOG_LEVEL": "warning",
+                    **(env or {})}
+        self.cpu = cpu
+        self.log_path = self.data_dir.parent / f"receiver-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> ReceiverProcess:
+        cmd = [sys.executable, "-m", "ingest", "serve", "--host", "127.0.0.1",
+               "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        if self.cpu is not None:
+            cmd = ["taskset", "-c", str(self.cpu), *cmd]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"receiver exited with {self.process.returncode}:\n"
+                                   + self.log())
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)  # polling for readiness, bounded by the deadline
+        self.kill()
+        raise RuntimeError("receiver did not become healthy in time:\n" + self.log())
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown handlers run, as in a crash."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM and wait: the graceful path."""
+        if not self.process:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.process.returncode
+
+    def rss_peak_kib(self) -> int:
+        """VmHWM of the receiver (Linux), the peak resident set size."""
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        return 0
+
+    def __enter__(self) -> ReceiverProcess:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,187 @@
+"""Settings from INGEST_* environment variables, with CLI-style overrides on top."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from ingest.errors import ConfigError
+from ingest.settings import Settings, load, parse_duration
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    """No INGEST_* variable from the outer environment leaks into a test."""
+    for name in list(os.environ):
+        if name.upper().startswith("INGEST_"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_defaults():
+    s = load()
+    assert s.webhook_secret == []
+    assert s.host == "127.0.0.1"
+    assert s.port == 8080
+    assert s.data_dir == Path("data")
+    assert s.signature_tolerance_s == 300
+    assert int(s.max_body_bytes) == 1 << 20
+    assert s.dedup_window == timedelta(hours=72)
+    assert s.retention == timedelta(days=30)
+    assert s.price_file is None
+
+
+def test_env_prefix(clean_env):
+    clean_env.setenv("INGEST_PORT", "9123")
+    clean_env.setenv("INGEST_HOST", "0.0.0.0")
+    clean_env.setenv("INGEST_DATA_DIR", "/var/lib/ingest")
+    clean_env.setenv("INGEST_STORE_SYNC", "normal")
+    clean_env.setenv("PORT", "1")  # no prefix: ignored
+    s = load()
+    assert (s.port, s.host, s.data_dir, s.store_sync) == (
+        9123, "0.0.0.0", Path("/var/lib/ingest"), "normal")
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("one", ["one"]),
+    ("old,new", ["old", "new"]),
+    (" old , new ,, ", ["old", "new"]),
+    ("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw,plain", ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                                                      "plain"]),
+])
+def test_comma_separated_secrets(clean_env, value, expected):
+    clean_env.setenv("INGEST_WEBHOOK_SECRET", value)
+    s = load()
+    assert s.secrets() == expected
+    assert "old" not in repr(s)  # SecretStr hides the values
+
+
+@pytest.mark.parametrize("value", [None, "", " , ,"])
+def test_no_secret_is_a_config_error_naming_the_variable(clean_env, value):
+    if value is not None:
+        clean_env.setenv("INGEST_WEBHOOK_SECRET", value)
+    s = load()
+    with pytest.raises(ConfigError) as info:
+        s.secrets()
+    assert "INGEST_WEBHOOK_SECRET" in info.value.message
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("30d", timedelta(days=30)),
+    ("72h", timedelta(hours=72)),
+    ("15m", timedelta(minutes=15)),
+    ("10s", timedelta(seconds=10)),
+    ("500ms", timedelta(milliseconds=500)),
+    ("2w", timedelta(weeks=2)),
+    ("1.5h", timedelta(minutes=90)),
+    ("45", timedelta(seconds=45)),
+    (" 7 D ", timedelta(days=7)),
+    ("250MS", timedelta(milliseconds=250)),
+])
+def test_parse_duration(text, expected):
+    assert parse_duration(text) == expected
+
+
+def test_parse_duration_numbers_are_seconds():
+    assert parse_duration(90) == timedelta(seconds=90)
+    assert parse_duration(0.25) == timedelta(milliseconds=250)
+
+
+@pytest.mark.parametrize("text", ["", "ten", "5 days", "-5s", "5y", "1h30m", "1e3s"])
+def test_parse_duration_rejects_garbage(text):
+    with pytest.raises(ValueError, match="500ms"):
+        parse_duration(text)
+
+
+def test_durations_from_env(clean_env):
+    clean_env.setenv("INGEST_RETENTION", "45d")
+    clean_env.setenv("INGEST_DEDUP_WINDOW", "48h")
+    clean_env.setenv("INGEST_HOUSEKEEPING", "500ms")
+    s = load()
+    assert s.retention == timedelta(days=45)
+    assert s.dedup_window == timedelta(hours=48)
+    assert s.housekeeping == timedelta(milliseconds=500)
+
+
+def test_bad_duration_is_a_config_error_naming_the_variable(clean_env):
+    clean_env.setenv("INGEST_RETENTION", "forever")
+    with pytest.raises(ConfigError) as info:
+        load()
+    assert "INGEST_RETENTION" in info.value.message
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("1MiB", 1 << 20), ("2 MiB", 2 << 20), ("1MB", 1_000_000), ("512KiB", 512 << 10),
+    ("1GiB", 1 << 30), ("4096", 4096),
+])
+def test_sizes(clean_env, text, expected):
+    clean_env.setenv("INGEST_MAX_BODY_BYTES", text)
+    clean_env.setenv("INGEST_MAX_STORE_BYTES", text)
+    s = load()
+    assert int(s.max_body_bytes) == expected
+    assert int(s.max_store_bytes) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "lots", "-1MiB"])
+def test_bad_sizes(clean_env, text):
+    clean_env.setenv("INGEST_MAX_BODY_BYTES", text)
+    with pytest.raises(ConfigError, match="INGEST_MAX_BODY_BYTES"):
+        load()
+
+
+def test_retention_shorter_than_dedup_window_is_refused(clean_env):
+    clean_env.setenv("INGEST_RETENTION", "1d")
+    clean_env.setenv("INGEST_DEDUP_WINDOW", "72h")
+    with pytest.raises(ConfigError) as info:
+        load()
+    assert "INGEST_RETENTION" in info.value.message
+    assert "INGEST_DEDUP_WINDOW" in info.value.message
+
+
+def test_retention_equal_to_dedup_window_is_fine(clean_env):
+    clean_env.setenv("INGEST_RETENTION", "3d")
+    clean_env.setenv("INGEST_DEDUP_WINDOW", "72h")
+    assert load().retention == timedelta(hours=72)
+
+
+def test_retention_check_applies_to_overrides_too():
+    with pytest.raises(ConfigError):
+        load(retention="1h")
+
+
+def test_overrides_beat_env(clean_env):
+    clean_env.setenv("INGEST_PORT", "9000")
+    clean_env.setenv("INGEST_DATA_DIR", "/env")
+    s = load(port=9001, data_dir=Path("/flag"))
+    assert (s.port, s.data_dir) == (9001, Path("/flag"))
+
+
+def test_overrides_of_none_are_ignored(clean_env):
+    clean_env.setenv("INGEST_PORT", "9000")
+    clean_env.setenv("INGEST_PRICE_FILE", "/etc/prices.toml")
+    s = load(port=None, host=None, price_file=None, data_dir=None)
+    assert s.port == 9000
+    assert s.host == "127.0.0.1"
+    assert s.price_file == Path("/etc/prices.toml")
+    assert s.data_dir == Path("data")
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("INGEST_PORT", "70000"), ("INGEST_PORT", "http"), ("INGEST_STORE_SYNC", "sometimes"),
+    ("INGEST_LOG_LEVEL", "loud"), ("INGEST_SIGNATURE_TOLERANCE_S", "0"),
+    ("INGEST_RETRY_AFTER_S", "0"), ("INGEST_COST_TOLERANCE", "-0.1"),
+])
+def test_invalid_values_are_config_errors_naming_the_variable(clean_env, name, value):
+    clean_env.setenv(name, value)
+    with pytest.raises(ConfigError) as info:
+        load()
+    assert name in info.value.message
+    assert info.value.message.startswith("invalid settings:")
+
+
+def test_unknown_ingest_variables_are_ignored(clean_env):
+    clean_env.setenv("INGEST_SOMETHING_ELSE", "x")
+    assert isinstance(load(), Settings)

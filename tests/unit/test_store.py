@@ -1,0 +1,359 @@
+"""The embedded SQLite store: one writer thread, dedup by event id, quarantine, pruning, reads."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import orjson
+import pytest
+
+from ingest.enrich import Enricher, Row
+from ingest.errors import StoreFull, StoreUnavailable
+from ingest.events import validate
+from ingest.prices import PriceBook
+from ingest.store import DB_NAME, Invalid, Reader, Store
+
+NOW_S = 1_700_000_000.0
+NOW_MS = int(NOW_S * 1000)
+DAY_MS = 86_400_000
+
+
+class Clock:
+    def __init__(self, now: float = NOW_S) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def row(event_id: str, *, received_at: int = NOW_MS, ts: int | None = None,
+        user: str | None = None, trace: str | None = None, error: str | None = None,
+        model: str | None = "gpt-4o") -> Row:
+    doc = {"id": event_id, "model": model, "user": user, "trace": trace, "error": error}
+    return Row(event_id, received_at, received_at if ts is None else ts, model, 200, 12.5, user,
+               trace, error, 10, 5, 15, 0.001, 0.001, orjson.dumps(doc),
+               orjson.dumps({"id": event_id}))
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path, clock):
+    s = Store(tmp_path / "data", min_free_bytes=0, clock=clock)
+    s.start()
+    yield s
+    s.close()
+
+
+def write(store: Store, rows=(), invalid=(), received_ms: int = NOW_MS) -> list[bool]:
+    return asyncio.run(store.write(list(rows), list(invalid), received_ms))
+
+
+def reader(store: Store) -> Reader:
+    return Reader(store.path.parent)
+
+
+# writing and dedup ---------------------------------------------------------------------------
+
+
+def test_write_reports_new_and_duplicate_per_row(store):
+    assert write(store, [row("a"), row("b")]) == [True, True]
+    assert write(store, [row("a"), row("c"), row("b")]) == [False, True, False]
+    assert write(store, [row("d"), row("d"), row("e"), row("d")]) == [True, False, True, False]
+    assert write(store) == []
+    r = reader(store)
+    try:
+        assert r.counts() == {"pending": 5, "shipped": 0, "dead": 0, "quarantined": 0}
+    finally:
+        r.close()
+
+
+def test_duplicate_keeps_the_first_document(store):
+    first = row("a", user="first")
+    second = row("a", user="second")
+    assert write(store, [first]) == [True]
+    assert write(store, [second]) == [False]
+    r = reader(store)
+    try:
+        found = r.search(event_id="a")
+    finally:
+        r.close()
+    assert [d["user"] for d in found] == ["first"]
+
+
+def test_enriched_rows_are_stored_as_documents(store):
+    enricher = Enricher.default(PriceBook(lookup=None))
+    event = validate({"id": "req_9", "model": "m", "status_code": 500, "error": "upstream down",
+                      "user_metadata": {"user_id": "u1", "trace_id": "t1"},
+                      "timestamp": NOW_MS - 5})
+    assert write(store, [enricher.row(event, b'{"raw":true}', NOW_MS)]) == [True]
+    r = reader(store)
+    try:
+        (doc,) = r.search(trace="t1")
+    finally:
+        r.close()
+    assert doc["id"] == "req_9"
+    assert doc["tags"] == ["error"]
+    assert doc["_state"] == "pending"
+    assert doc["timestamp_source"] == "event"
+
+
+def test_dedup_survives_a_restart(tmp_path):
+    first = Store(tmp_path, min_free_bytes=0)
+    first.start()
+    try:
+        assert write(first, [row("a")]) == [True]
+    finally:
+        first.close()
+    again = Store(tmp_path, min_free_bytes=0)
+    again.start()
+    try:
+        assert write(again, [row("a"), row("b")]) == [False, True]
+    finally:
+        again.close()
+
+
+def test_quarantine_dedups_by_content(store):
+    bad = Invalid(b'{"status_code": 900}', "status_code: too big")
+    write(store, [], [bad, Invalid(bad.raw, "same bytes, other reason")], NOW_MS)
+    write(store, [row("ok")], [bad], NOW_MS + 1)
+    write(store, [], [Invalid(b"[1]", "event must be a JSON object")], NOW_MS + 2)
+    r = reader(store)
+    try:
+        assert r.counts() == {"pending": 1, "shipped": 0, "dead": 0, "quarantined": 2}
+        items = r.quarantined()
+    finally:
+        r.close()
+    assert [(i["raw"], i["reason"], i["received_at"]) for i in items] == [
+        ("[1]", "event must be a JSON object", NOW_MS + 2),
+        ('{"status_code": 900}', "status_code: too big", NOW_MS),
+    ]
+
+
+# reading -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def filled(store):
+    write(store, [
+        row("r1", ts=NOW_MS - 3000, user="alice", trace="t-1", error="Rate limit exceeded"),
+        row("r2", ts=NOW_MS - 2000, user="bob", trace="t-2", error="100% of quota used"),
+        row("r3", ts=NOW_MS - 1000, user="alice", trace="t-3", error="1000 tokens over"),
+        row("r4", ts=NOW_MS, user="alice", trace="t-1", error="rate_limit hit"),
+        row("r5", ts=NOW_MS + 1000, user="carol", error="path C:\\tmp\\x"),
+        row("r6", ts=NOW_MS + 2000, user="dave"),
+    ])
+    r = reader(store)
+    yield r
+    r.close()
+
+
+def ids(found):
+    return [d["id"] for d in found]
+
+
+def test_search_by_id(filled):
+    assert ids(filled.search(event_id="r3")) == ["r3"]
+    assert filled.search(event_id="r") == []
+
+
+def test_search_by_user_newest_first(filled):
+    assert ids(filled.search(user="alice")) == ["r4", "r3", "r1"]
+    assert ids(filled.search(user="alice", limit=2)) == ["r4", "r3"]
+    assert filled.search(user="ALICE") == []
+
+
+def test_search_by_trace(filled):
+    assert ids(filled.search(trace="t-1")) == ["r4", "r1"]
+
+
+def test_search_filters_combine(filled):
+    assert ids(filled.search(user="alice", trace="t-1", text="rate")) == ["r4", "r1"]
+    assert ids(filled.search(user="bob", trace="t-1")) == []
+
+
+def test_search_text_is_case_insensitive_substring(filled):
+    assert ids(filled.search(text="RATE")) == ["r4", "r1"]
+    assert ids(filled.search(text="limit")) == ["r4", "r1"]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("0%", ["r2"]),              # unescaped, "%0%%" would also match "1000 tokens"
+    ("%", ["r2"]),
+    ("e_l", ["r4"]),             # unescaped, "_" would match the space in "Rate limit"
+    ("_", ["r4"]),
+    ("C:\\tmp", ["r5"]),
+    ("\\", ["r5"]),
+])
+def test_search_text_escapes_like_wildcards(filled, text, expected):
+    assert ids(filled.search(text=text)) == expected
+
+
+def test_search_without_filters_lists_newest(filled):
+    assert ids(filled.search(limit=3)) == ["r6", "r5", "r4"]
+    assert all(d["_state"] == "pending" for d in filled.search())
+
+
+def test_reader_without_a_store(tmp_path):
+    with pytest.raises(StoreUnavailable, match="no store"):
+        Reader(tmp_path)
+
+
+# pruning -------------------------------------------------------------------------------------
+
+
+def test_prune_removes_only_rows_older_than_retention(tmp_path, clock):
+    retention = 30 * DAY_MS
+    store = Store(tmp_path, min_free_bytes=0, retention_ms=retention, clock=clock)
+    store.start()
+    try:
+        # Written while the clock says NOW, so nothing is old yet.
+        write(store, [row("old", received_at=NOW_MS - 1),
+                      row("edge", received_at=NOW_MS),
+                      row("new", received_at=NOW_MS + DAY_MS)],
+              [Invalid(b"old-bad", "x")], NOW_MS - 1)
+        write(store, [], [Invalid(b"edge-bad", "x")], NOW_MS)
+        # Thirty days later: the cutoff is exactly NOW_MS, so only strictly older rows go.
+        clock.now = NOW_S + retention / 1000
+        with sqlite3.connect(store.path, isolation_level=None) as conn:
+            removed = store.prune(conn)
+        conn.close()
+        assert removed == 2
+        r = reader(store)
+        try:
+            assert ids(r.search()) == ["new", "edge"]
+            assert [q["raw"] for q in r.quarantined()] == ["edge-bad"]
+        finally:
+            r.close()
+    finally:
+        store.close()
+
+
+def test_prune_with_nothing_old_removes_nothing(store):
+    write(store, [row("a"), row("b")])
+    with sqlite3.connect(store.path, isolation_level=None) as conn:
+        assert store.prune(conn) == 0
+    conn.close()
+
+
+# full and stopped ----------------------------------------------------------------------------
+
+
+def test_tiny_max_bytes_marks_the_store_full(tmp_path):
+    store = Store(tmp_path, max_bytes=1, min_free_bytes=0)
+    store.start()
+    try:
+        assert store.full_reason is not None and "over its 1 limit" in store.full_reason
+        with pytest.raises(StoreFull):
+            store.refuse_if_full()
+        with pytest.raises(StoreFull):
+            write(store, [row("a")])
+    finally:
+        store.close()
+    assert (tmp_path / DB_NAME).exists()
+
+
+def test_low_disk_marks_the_store_full(tmp_path):
+    store = Store(tmp_path, min_free_bytes=1 << 62)
+    store.start()
+    try:
+        assert store.full_reason is not None and "free" in store.full_reason
+        with pytest.raises(StoreFull) as info:
+            store.refuse_if_full()
+        assert info.value.message == store.full_reason
+    finally:
+        store.close()
+
+
+def test_room_means_not_full(store):
+    assert store.full_reason is None
+    store.refuse_if_full()
+    asyncio.run(store.probe())
+
+
+def test_writes_after_close_are_refused(tmp_path):
+    store = Store(tmp_path, min_free_bytes=0)
+    store.start()
+    assert store.running
+    store.close()
+    assert not store.running
+    with pytest.raises(StoreUnavailable):
+        write(store, [row("late")])
+    with pytest.raises(StoreUnavailable):
+        store.refuse_if_full()
+
+
+def test_writes_before_start_are_refused(tmp_path):
+    with pytest.raises(StoreUnavailable):
+        write(Store(tmp_path, min_free_bytes=0), [row("early")])
+
+
+def test_start_on_an_unusable_path(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StoreUnavailable, match="cannot open"):
+        Store(blocker / "data", min_free_bytes=0).start()
+
+
+def test_close_finishes_queued_writes(tmp_path):
+    store = Store(tmp_path, min_free_bytes=0)
+    store.start()
+
+    async def close() -> None:
+        await asyncio.to_thread(store.close)
+
+    async def main() -> list[list[bool] | None]:
+        # gather starts its tasks in order: every write has queued its job before close runs.
+        return await asyncio.gather(*(store.write([row(f"e{i}")]) for i in range(50)), close())
+
+    assert asyncio.run(main()) == [[True]] * 50 + [None]
+    r = Reader(tmp_path)
+    try:
+        assert r.counts()["pending"] == 50
+    finally:
+        r.close()
+
+
+# concurrency ---------------------------------------------------------------------------------
+
+
+def test_many_concurrent_writers_get_the_right_answers(store):
+    batches = [[row(f"id-{(w * 7 + k) % 60}") for k in range(5)] for w in range(120)]
+
+    async def main() -> list[list[bool]]:
+        return await asyncio.gather(*(store.write(b) for b in batches))
+
+    results = asyncio.run(main())
+    # Jobs are committed in the order they were queued, which is the order of the gather.
+    seen: set[str] = set()
+    for batch, flags in zip(batches, results, strict=True):
+        expected = []
+        for r in batch:
+            expected.append(r.event_id not in seen)
+            seen.add(r.event_id)
+        assert flags == expected
+    assert sum(sum(flags) for flags in results) == 60
+    r = reader(store)
+    try:
+        assert r.counts()["pending"] == 60
+    finally:
+        r.close()
+
+
+def test_one_bad_job_does_not_fail_its_neighbours(store):
+    bad = row("bad")._replace(model={"not": "bindable"})
+
+    async def main():
+        return await asyncio.gather(store.write([row("g1")]), store.write([bad]),
+                                    store.write([row("g2")]), return_exceptions=True)
+
+    good1, failed, good2 = asyncio.run(main())
+    assert good1 == [True]
+    assert good2 == [True]
+    assert isinstance(failed, StoreUnavailable)
+    # The writer is still fine afterwards.
+    assert write(store, [row("g3"), row("g1")]) == [True, False]
