@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -86,6 +87,9 @@ def create_app(
         prices.warm(int(clock() * 1000))
         gc.collect()
         gc.freeze()
+        # The fsync thread needs the GIL back to report each commit; with the default 5 ms
+        # switch interval it waited behind the busy loop while every request waited on it.
+        sys.setswitchinterval(0.0005)
         try:
             yield
         finally:
