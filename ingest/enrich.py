@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, NamedTuple
 
@@ -16,6 +17,8 @@ from ingest.prices import PriceBook
 # Event times outside this range are typos or seconds-as-ms; they fall back to receive time.
 _MIN_MS = 946_684_800_000  # 2000-01-01
 _MAX_MS = 4_102_444_800_000  # 2100-01-01
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_INTEGER = re.compile(r"-?[0-9]{1,19}")
 
 
 @dataclass(slots=True)
@@ -76,17 +79,10 @@ def event_time(value: Any) -> tuple[int, str] | None:
     """Unix ms from the event's `timestamp` (ms per the contract; seconds and ISO tolerated)."""
     if isinstance(value, str):
         text = value.strip()
-        if text.lstrip("-").isdigit():
-            value = int(text)
-        else:
-            try:
-                parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-            except ValueError:
-                return None
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=UTC)
-            value, source = int(parsed.timestamp() * 1000), "event"
-            return (value, source) if _MIN_MS <= value < _MAX_MS else None
+        if not _INTEGER.fullmatch(text):
+            ms = _iso_ms(text)
+            return (ms, "event") if ms is not None and _MIN_MS <= ms < _MAX_MS else None
+        value = int(text)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     if _MIN_MS <= value < _MAX_MS:
@@ -94,6 +90,17 @@ def event_time(value: Any) -> tuple[int, str] | None:
     if _MIN_MS / 1000 <= value < _MAX_MS / 1000:
         return int(value * 1000), "event_seconds"
     return None
+
+
+def _iso_ms(text: str) -> int | None:
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    # Integer arithmetic: a float product would lose a millisecond now and then.
+    return (parsed - _EPOCH) // timedelta(milliseconds=1)
 
 
 def stamp(draft: Draft) -> Draft:

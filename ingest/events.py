@@ -49,17 +49,27 @@ def check_encoding(content_encoding: str | None) -> bool:
 
 
 def gunzip(data: bytes, limit: int) -> bytes:
-    """Decompress at most `limit` bytes so a small bomb cannot take the receiver's memory."""
-    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(data, limit + 1)
-    except zlib.error:
-        raise MalformedPayload("Content-Encoding is gzip but the body is not valid gzip") from None
-    if len(out) > limit:
-        raise PayloadTooLarge(f"decompressed body is over the {limit} byte limit")
-    if not inflater.eof:
-        raise MalformedPayload("gzip body is truncated")
-    return out
+    """Decompress at most `limit` bytes so a small bomb cannot take the receiver's memory.
+
+    Every gzip member is read, as `gzip.decompress` would: concatenated members are valid gzip.
+    """
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            out = inflater.decompress(data, limit - size + 1)
+        except zlib.error:
+            raise MalformedPayload("Content-Encoding is gzip but the body is not gzip") from None
+        size += len(out)
+        if size > limit:
+            raise PayloadTooLarge(f"decompressed body is over the {limit} byte limit")
+        if not inflater.eof:
+            raise MalformedPayload("gzip body is truncated")
+        parts.append(out)
+        data = inflater.unused_data
+        if not data.strip(b"\0"):  # trailing zero padding is tolerated, as gzip(1) does
+            return b"".join(parts)
 
 
 @dataclass(slots=True)
@@ -78,8 +88,9 @@ def split(body: bytes, fmt: str) -> list[Item]:
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        # Senders that label NDJSON as application/json still deserve their events.
-        if body.lstrip()[:1] == b"{" and b"\n" in body.strip():
+        # Senders that label NDJSON as application/json still deserve their events; a broken
+        # pretty-printed object (whose first line is no object) stays a 400.
+        if _first_line_is_object(body):
             return _lines(body)
         raise MalformedPayload(f"body is not valid JSON: {exc}") from None
     if isinstance(parsed, dict):
@@ -87,6 +98,16 @@ def split(body: bytes, fmt: str) -> list[Item]:
     if isinstance(parsed, list):
         return [_element(value) for value in parsed] or _empty()
     return [Item(body, None, "event must be a JSON object")]
+
+
+def _first_line_is_object(body: bytes) -> bool:
+    first, newline, _ = body.strip().partition(b"\n")
+    if not newline:
+        return False
+    try:
+        return isinstance(orjson.loads(first), dict)
+    except orjson.JSONDecodeError:
+        return False
 
 
 def _lines(body: bytes) -> list[Item]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -125,6 +126,8 @@ def load_overrides(path: Path) -> dict[str, Rate]:
                 f"price file {path}: model {name!r} needs numeric `prompt` and `completion` "
                 "(USD per 1M tokens)"
             ) from None
+        if not (math.isfinite(prompt) and math.isfinite(completion)):
+            raise ConfigError(f"price file {path}: model {name!r} has a price that is not finite")
         if prompt < 0 or completion < 0:
             raise ConfigError(f"price file {path}: model {name!r} has a negative price")
         rates[name.lower()] = Rate(prompt, completion, "override")

@@ -76,6 +76,13 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("housekeeping", "retention", "dedup_window")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value < timedelta(milliseconds=10):
+            raise ValueError("must be at least 10ms")
+        return value
+
     @model_validator(mode="after")
     def _retention_covers_dedup(self) -> Settings:
         if self.retention < self.dedup_window:

@@ -72,7 +72,7 @@ _ROW_OVERHEAD = 300  # columns and index entries beside the document and raw byt
 
 @dataclass(frozen=True, slots=True)
 class Invalid:
-    """A quarantined event: its bytes exactly as received and why it was refused."""
+    """A quarantined event: its bytes as received (array elements re-encoded) and the reason."""
 
     raw: bytes
     reason: str

@@ -151,8 +151,11 @@ class WebhookEndpoint:
             return body
         try:
             verify(headers, body, self.secrets, now, self.tolerance_s)
-        except SignatureMismatch:
-            decoded = events.gunzip(body, self.max_body)
+        except SignatureMismatch as mismatch:
+            try:
+                decoded = events.gunzip(body, self.max_body)
+            except (MalformedPayload, PayloadTooLarge):
+                raise mismatch from None  # unauthenticated: the signature is the answer
             verify(headers, decoded, self.secrets, now, self.tolerance_s)
             return decoded
         return events.gunzip(body, self.max_body)

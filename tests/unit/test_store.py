@@ -1,9 +1,8 @@
-"""The embedded SQLite store: one writer thread, dedup by event id, quarantine, pruning, reads."""
+"""The embedded SQLite store: grouped commits, dedup by event id, quarantine, pruning, reads."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 
 import orjson
 import pytest
@@ -193,6 +192,18 @@ def test_search_text_escapes_like_wildcards(filled, text, expected):
     assert ids(filled.search(text=text)) == expected
 
 
+def test_search_text_folds_case_beyond_ascii(store):
+    write(store, [row("fr", error="ÉCHEC du modèle"), row("de", error="Straße gesperrt"),
+                  row("en", error="plain failure")])
+    r = reader(store)
+    try:
+        assert ids(r.search(text="échec")) == ["fr"]
+        assert ids(r.search(text="STRASSE")) == ["de"]
+        assert ids(r.search(text="MODÈLE")) == ["fr"]
+    finally:
+        r.close()
+
+
 def test_search_without_filters_lists_newest(filled):
     assert ids(filled.search(limit=3)) == ["r6", "r5", "r4"]
     assert all(d["_state"] == "pending" for d in filled.search())
@@ -217,16 +228,38 @@ def test_prune_removes_only_rows_older_than_retention(tmp_path, clock):
                       row("new", received_at=NOW_MS + DAY_MS)],
               [Invalid(b"old-bad", "x")], NOW_MS - 1)
         write(store, [], [Invalid(b"edge-bad", "x")], NOW_MS)
+        assert store.prune() is False
+        r = reader(store)
+        try:
+            assert r.counts() == {"pending": 3, "shipped": 0, "dead": 0, "quarantined": 2}
+        finally:
+            r.close()
         # Thirty days later: the cutoff is exactly NOW_MS, so only strictly older rows go.
         clock.now = NOW_S + retention / 1000
-        with sqlite3.connect(store.path, isolation_level=None) as conn:
-            removed = store.prune(conn)
-        conn.close()
-        assert removed == 2
+        assert store.prune() is False  # False: nothing old is left over for a later call
         r = reader(store)
         try:
             assert ids(r.search()) == ["new", "edge"]
             assert [q["raw"] for q in r.quarantined()] == ["edge-bad"]
+            assert r.counts() == {"pending": 2, "shipped": 0, "dead": 0, "quarantined": 1}
+        finally:
+            r.close()
+    finally:
+        store.close()
+
+
+def test_prune_in_bounded_steps(tmp_path, clock):
+    store = Store(tmp_path, min_free_bytes=0, retention_ms=DAY_MS, clock=clock)
+    store.start()
+    try:
+        old = [row(f"old{i}", received_at=NOW_MS - 2 * DAY_MS) for i in range(2500)]
+        write(store, [*old, row("new")])
+        assert store.prune(max_chunks=1) is True  # more old rows remain after one chunk
+        r = reader(store)
+        try:
+            assert r.counts()["pending"] == 501
+            assert store.prune() is False
+            assert ids(r.search()) == ["new"]
         finally:
             r.close()
     finally:
@@ -235,9 +268,12 @@ def test_prune_removes_only_rows_older_than_retention(tmp_path, clock):
 
 def test_prune_with_nothing_old_removes_nothing(store):
     write(store, [row("a"), row("b")])
-    with sqlite3.connect(store.path, isolation_level=None) as conn:
-        assert store.prune(conn) == 0
-    conn.close()
+    assert store.prune() is False
+    r = reader(store)
+    try:
+        assert r.counts()["pending"] == 2
+    finally:
+        r.close()
 
 
 # full and stopped ----------------------------------------------------------------------------
@@ -304,7 +340,7 @@ def test_close_finishes_queued_writes(tmp_path):
     store.start()
 
     async def close() -> None:
-        await asyncio.to_thread(store.close)
+        store.close()  # on the loop that wrote, as the app's lifespan does
 
     async def main() -> list[list[bool] | None]:
         # gather starts its tasks in order: every write has queued its job before close runs.
