@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -251,7 +252,7 @@ class Store:
             start = 0
             while start < len(new):
                 size = next(n for n in _CHUNKS if n <= len(new) - start)
-                conn.execute(_INSERTS[size], [v for row in new[start:start + size] for v in row])
+                conn.execute(_INSERTS[size], list(chain.from_iterable(new[start:start + size])))
                 start += size
         except Exception as exc:
             if conn.in_transaction:
