@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
@@ -16,11 +17,13 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ingest.enrich import Enricher
-from ingest.errors import StoreError
+from ingest.errors import IngestError, SinkError, StoreError
 from ingest.metrics import CONTENT_TYPE, Metrics
 from ingest.prices import PriceBook
 from ingest.settings import Settings
-from ingest.store import Store
+from ingest.shipper import Shipper
+from ingest.sink import ElasticsearchSink, connection
+from ingest.store import Reader, Store
 from ingest.webhook import WebhookEndpoint, http_status
 
 WEBHOOK_PATH = "/webhooks/holysheep"
@@ -51,8 +54,49 @@ def build_store(settings: Settings, clock: Callable[[], float] = time.time) -> S
         min_free_bytes=int(settings.min_free_disk_bytes),
         retention_ms=int(settings.retention.total_seconds() * 1000),
         housekeeping_s=settings.housekeeping.total_seconds(),
+        keep_pending=settings.elasticsearch_url is not None,
         clock=clock,
     )
+
+
+def build_shipper(settings: Settings, store: Store, metrics: Metrics,
+                  clock: Callable[[], float] = time.time) -> tuple[Shipper, Reader, Any]:
+    """Shipper, its read connection and its sink, from settings (the store must be open)."""
+    sink = ElasticsearchSink(connection(settings))
+    reader = Reader(settings.data_dir)
+    shipper = Shipper(
+        store, reader, sink, index=settings.data_stream,
+        batch_docs=settings.ship_batch_docs, batch_bytes=int(settings.ship_batch_bytes),
+        concurrency=settings.ship_concurrency,
+        backoff_initial=settings.ship_backoff_initial.total_seconds(),
+        backoff_max=settings.ship_backoff_max.total_seconds(),
+        idle_poll=settings.ship_idle_poll.total_seconds(), clock=clock,
+        on_bulk=metrics.bulk_done)
+    return shipper, reader, sink
+
+
+def start_shipping(settings: Settings, store: Store, metrics: Metrics,
+                   clock: Callable[[], float]) -> tuple[Shipper, Reader, Any, asyncio.Task[None]]:
+    shipper, reader, sink = build_shipper(settings, store, metrics, clock)
+    task = asyncio.create_task(shipper.run(), name="shipper")
+    task.add_done_callback(_shipper_ended)
+    return shipper, reader, sink, task
+
+
+async def stop_shipping(shipper: Shipper, reader: Reader, sink: Any,
+                        task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, SinkError):
+        await task
+    await sink.close()
+    reader.close()
+
+
+def _shipper_ended(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        exc = task.exception()
+        message = exc.message if isinstance(exc, IngestError) else repr(exc)
+        log.error("shipping stopped: %s (the receiver keeps accepting and storing)", message)
 
 
 def create_app(
@@ -87,12 +131,14 @@ def create_app(
         prices.warm(int(clock() * 1000))
         gc.collect()
         gc.freeze()
-        # The fsync thread needs the GIL back to report each commit; with the default 5 ms
-        # switch interval it waited behind the busy loop while every request waited on it.
-        sys.setswitchinterval(0.0005)
+        shipping = start_shipping(settings, store, metrics, clock) \
+            if settings.elasticsearch_url else None
+        app.state.shipper = shipping[0] if shipping else None
         try:
             yield
         finally:
+            if shipping:
+                await stop_shipping(*shipping)
             store.close()
             log.info("store closed")
 
@@ -123,7 +169,14 @@ def create_app(
             return JSONResponse({"status": "unavailable", "reason": "store_slow",
                                  "message": "the store writer did not answer within 2 s"},
                                 status_code=503)
-        return JSONResponse({"status": "ready", "store": "writable"})
+        shipper = app.state.shipper
+        if shipper is None:
+            return JSONResponse({"status": "ready", "store": "writable"})
+        sink = {"status": shipper.status, "paused": shipper.paused,
+                "last_error": shipper.last_error, "server_version": shipper.server_version}
+        # Still ready: webhooks are accepted and stored while Elasticsearch is away.
+        return JSONResponse({"status": "ready" if shipper.up else "degraded",
+                             "store": "writable", "sink": sink})
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:

@@ -1,4 +1,4 @@
-"""The `holysheep-ingest` command: serve, send, search, quarantine."""
+"""The `holysheep-ingest` command: serve, send, search, quarantine, setup, ship, dlq."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import argparse
 import asyncio
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -16,6 +17,9 @@ import orjson
 from ingest import __version__
 from ingest.errors import ConfigError, IngestError
 from ingest.settings import load
+
+if TYPE_CHECKING:
+    from ingest.store import Reader
 
 DESCRIPTION = """\
 Receive the HolySheep relay's signed request webhooks, verify and enrich them, and keep
@@ -109,6 +113,51 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--data-dir", type=Path, help="store directory (INGEST_DATA_DIR)")
     search.set_defaults(func=cmd_search)
 
+    setup = sub.add_parser(
+        "setup", help="install the ILM policy, templates and data stream in Elasticsearch",
+        description="Idempotent: a second run changes nothing. Exits 1 when the cluster is "
+        "unreachable, refuses the credentials or runs another major version than the client.")
+    setup.add_argument("--dry-run", action="store_true", help="say what would change, change "
+                       "nothing")
+    setup.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                       help="wait up to this long for the cluster to answer (for containers)")
+    setup.set_defaults(func=cmd_setup)
+
+    ship = sub.add_parser(
+        "ship", help="ship pending events to Elasticsearch (serve does this when a URL is set)",
+        description="Run the shipper on its own, for instance when serve runs without "
+        "INGEST_ELASTICSEARCH_URL. Bulk create with the event id as _id: never a duplicate.")
+    ship.add_argument("--once", action="store_true", help="exit when nothing is pending")
+    ship.add_argument("--data-dir", type=Path, help="store directory (INGEST_DATA_DIR)")
+    ship.set_defaults(func=cmd_ship)
+
+    dlq = sub.add_parser(
+        "dlq", help="events Elasticsearch refused for good: list, show, replay, purge",
+        description="Dead letters keep the event, the error type and reason, the target and "
+        "the time. Fix the cause (mapping, template, or the document with --doc), then replay.")
+    dlq_sub = dlq.add_subparsers(title="actions", metavar="ACTION", required=True)
+    dlq_list = dlq_sub.add_parser("list", help="newest first")
+    dlq_list.add_argument("--limit", type=_positive, default=20)
+    dlq_list.add_argument("--json", action="store_true", help="JSON lines")
+    dlq_list.set_defaults(func=cmd_dlq_list)
+    dlq_show = dlq_sub.add_parser("show", help="one dead letter with its document and raw event")
+    dlq_show.add_argument("seq", type=int)
+    dlq_show.set_defaults(func=cmd_dlq_show)
+    dlq_replay = dlq_sub.add_parser("replay", help="make dead letters pending again")
+    target = dlq_replay.add_mutually_exclusive_group(required=True)
+    target.add_argument("seq", type=int, nargs="?", help="one dead letter")
+    target.add_argument("--all", action="store_true", help="every dead letter")
+    dlq_replay.add_argument("--doc", type=Path, help="replace the document (JSON file) first; "
+                            "with one SEQ only")
+    dlq_replay.set_defaults(func=cmd_dlq_replay)
+    dlq_purge = dlq_sub.add_parser("purge", help="delete dead letters for good")
+    age = dlq_purge.add_mutually_exclusive_group(required=True)
+    age.add_argument("--older-than", metavar="DURATION", help="failed longer ago than this (7d)")
+    age.add_argument("--all", action="store_true")
+    dlq_purge.set_defaults(func=cmd_dlq_purge)
+    for action in (dlq_list, dlq_show, dlq_replay, dlq_purge):
+        action.add_argument("--data-dir", type=Path, help="store directory (INGEST_DATA_DIR)")
+
     quarantine = sub.add_parser(
         "quarantine", help="list events refused as invalid, with their bytes and reason",
         description="Invalid events are never dropped: they are kept with the reason.")
@@ -196,7 +245,7 @@ def webhook_url(url: str) -> str:
     return url
 
 
-def _reader(data_dir: Path | None) -> Any:
+def _reader(data_dir: Path | None) -> Reader:
     from ingest.store import Reader
 
     return Reader(load(data_dir=data_dir).data_dir)
@@ -255,3 +304,158 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 def _num(value: Any) -> str:
     return "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    from ingest.sink import ElasticsearchSink, connection
+
+    settings = load()
+    sink = ElasticsearchSink(connection(settings))
+
+    async def run() -> list[str]:
+        try:
+            version = await _wait_for(sink, args.wait)
+            print(f"Elasticsearch {version} at {sink.url}")
+            return await sink.setup(
+                settings.data_stream, settings.ilm_rollover_max_age,
+                settings.ilm_rollover_max_primary_shard_size, settings.ilm_delete_after,
+                dry_run=args.dry_run)
+        finally:
+            await sink.close()
+
+    for line in asyncio.run(run()):
+        print(line)
+    return 0
+
+
+async def _wait_for(sink: Any, seconds: float) -> str:
+    from ingest.errors import SinkUnavailable
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            version: str = await sink.check_version()
+            return version
+        except SinkUnavailable:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(2)  # waiting for a cluster that is starting, bounded by --wait
+
+
+def cmd_ship(args: argparse.Namespace) -> int:
+    from ingest.app import build_shipper, build_store
+    from ingest.metrics import Metrics
+
+    settings = load(data_dir=args.data_dir)
+    if not settings.elasticsearch_url:
+        raise ConfigError("set INGEST_ELASTICSEARCH_URL (for example http://localhost:9200)")
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    async def run() -> None:
+        store = build_store(settings)
+        store.start()
+        shipper, reader, sink = build_shipper(settings, store, Metrics())
+        try:
+            await (shipper.drain() if args.once else shipper.run())
+        finally:
+            await sink.close()
+            reader.close()
+            store.close()
+        stats = shipper.stats
+        print(f"indexed {stats.indexed}, already there {stats.conflicts}, "
+              f"dead letters {stats.dead_lettered}")
+
+    asyncio.run(run())
+    return 0
+
+
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    reader = _reader(args.data_dir)
+    try:
+        letters = reader.dead_letters(args.limit)
+    finally:
+        reader.close()
+    if not letters:
+        print("no dead letters", file=sys.stderr)
+        return 0
+    for letter in letters:
+        if args.json:
+            print(orjson.dumps(letter).decode())
+        else:
+            print(f"#{letter['seq']} {letter['event_id']} HTTP {letter['status']} "
+                  f"{letter['error_type']}: {letter['reason'][:200]}")
+    return 0
+
+
+def cmd_dlq_show(args: argparse.Namespace) -> int:
+    reader = _reader(args.data_dir)
+    try:
+        letter = reader.dead_letter(args.seq)
+    finally:
+        reader.close()
+    if letter is None:
+        print(f"no dead letter #{args.seq}", file=sys.stderr)
+        return 1
+    sys.stdout.buffer.write(orjson.dumps(letter, option=orjson.OPT_INDENT_2) + b"\n")
+    return 0
+
+
+def cmd_dlq_replay(args: argparse.Namespace) -> int:
+    from ingest.store import requeue_dead
+
+    doc = None
+    if args.doc is not None:
+        if args.all:
+            raise ConfigError("--doc replaces one document: give one SEQ, not --all")
+        try:
+            parsed = orjson.loads(args.doc.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise ConfigError(f"--doc {args.doc}: {exc}") from None
+        if not isinstance(parsed, dict):
+            raise ConfigError(f"--doc {args.doc}: the document must be a JSON object")
+        doc = orjson.dumps(parsed)
+    before = _dead_count(args.data_dir)
+    _apply(args.data_dir, requeue_dead(None if args.all else [args.seq], doc))
+    moved = before - _dead_count(args.data_dir)
+    print(f"{moved} dead letter(s) pending again; the shipper sends them next")
+    return 0 if moved else 1
+
+
+def cmd_dlq_purge(args: argparse.Namespace) -> int:
+    from ingest.settings import parse_duration
+    from ingest.store import purge_dead
+
+    cutoff = None
+    if args.older_than:
+        try:
+            age = parse_duration(args.older_than)
+        except ValueError as exc:
+            raise ConfigError(f"--older-than: {exc}") from None
+        cutoff = int((time.time() - age.total_seconds()) * 1000)
+    before = _dead_count(args.data_dir)
+    _apply(args.data_dir, purge_dead(cutoff))
+    print(f"{before - _dead_count(args.data_dir)} dead letter(s) deleted")
+    return 0
+
+
+def _dead_count(data_dir: Path | None) -> int:
+    reader = _reader(data_dir)
+    try:
+        return reader.counts()["dead"]
+    finally:
+        reader.close()
+
+
+def _apply(data_dir: Path | None, op: Any) -> None:
+    from ingest.app import build_store
+
+    async def run() -> None:
+        store = build_store(load(data_dir=data_dir))
+        store.start()
+        try:
+            await store.apply(op)
+        finally:
+            store.close()
+
+    asyncio.run(run())

@@ -12,9 +12,13 @@
     │   ├── UnsupportedMediaType     -> 415
     │   └── MalformedPayload         -> 400 (not JSON/NDJSON, bad gzip, empty)
     ├── EventInvalid                 one event failed validation: quarantined, never an HTTP error
-    └── StoreError                   -> 503 with Retry-After
-        ├── StoreFull                over the size limit or the disk nearly full
-        └── StoreUnavailable         the writer failed or is stopped
+    ├── StoreError                   -> 503 with Retry-After
+    │   ├── StoreFull                over the size limit or the disk nearly full
+    │   └── StoreUnavailable         the writer failed or is stopped
+    └── SinkError                    Elasticsearch; never reaches a webhook sender
+        ├── SinkUnavailable          connection, timeout, 429/502/503/504: retried with backoff
+        ├── SinkRefused              401/403/404/other whole-request refusals: shipping pauses
+        └── SinkVersionMismatch      server major differs from the client library's: stop
 """
 
 from __future__ import annotations
@@ -84,3 +88,23 @@ class StoreFull(StoreError):
 
 class StoreUnavailable(StoreError):
     code = "store_unavailable"
+
+
+class SinkError(IngestError):
+    code = "sink_error"
+
+    def __init__(self, message: str = "", status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class SinkUnavailable(SinkError):
+    code = "sink_unavailable"
+
+
+class SinkRefused(SinkError):
+    code = "sink_refused"
+
+
+class SinkVersionMismatch(SinkError):
+    code = "sink_version_mismatch"

@@ -69,6 +69,27 @@ class Settings(BaseSettings):
     cost_tolerance: float = Field(default=0.01, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    # Elasticsearch: shipping runs inside `serve` when a URL is set.
+    elasticsearch_url: str | None = None
+    elasticsearch_api_key: SecretStr | None = None
+    elasticsearch_username: str | None = None
+    elasticsearch_password: SecretStr | None = None
+    elasticsearch_ca_cert: Path | None = None
+    elasticsearch_verify_certs: bool = True
+    elasticsearch_timeout: Duration = timedelta(seconds=30)
+    data_stream: str = Field(default="logs-holysheep.requests-default",
+                             pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=200)
+    ilm_rollover_max_age: str = Field(default="1d", pattern=r"^[0-9]+(d|h|m|s)$")
+    ilm_rollover_max_primary_shard_size: str = Field(default="5gb",
+                                                      pattern=r"^[0-9]+(b|kb|mb|gb|tb)$")
+    ilm_delete_after: str = Field(default="30d", pattern=r"^[0-9]+(d|h|m|s)$")
+    ship_batch_docs: int = Field(default=1000, ge=1, le=100_000)
+    ship_batch_bytes: ByteSize = Field(default=ByteSize(5_000_000), ge=1024)
+    ship_concurrency: int = Field(default=2, ge=1, le=64)
+    ship_backoff_initial: Duration = timedelta(milliseconds=500)
+    ship_backoff_max: Duration = timedelta(seconds=60)
+    ship_idle_poll: Duration = timedelta(milliseconds=200)
+
     @field_validator("webhook_secret", mode="before")
     @classmethod
     def _split_secrets(cls, value: Any) -> Any:
@@ -76,7 +97,8 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("housekeeping", "retention", "dedup_window")
+    @field_validator("housekeeping", "retention", "dedup_window", "ship_backoff_initial",
+                     "ship_backoff_max", "ship_idle_poll", "elasticsearch_timeout")
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:
         if value < timedelta(milliseconds=10):

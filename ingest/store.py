@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from ingest.bulk import DeadLetter, Pending
 from ingest.enrich import Row
 from ingest.errors import StoreError, StoreFull, StoreUnavailable
 
@@ -48,6 +49,16 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE UNIQUE INDEX IF NOT EXISTS events_event_id ON events(event_id);
 CREATE INDEX IF NOT EXISTS events_user ON events(user_id, ts) WHERE user_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_trace ON events(trace_id) WHERE trace_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_pending ON events(seq) WHERE state = {PENDING};
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    failed_at INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    error_type TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    target TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY,
     received_at INTEGER NOT NULL,
@@ -79,12 +90,16 @@ class Invalid:
     reason: str
 
 
+Op = Callable[[sqlite3.Connection], None]
+
+
 @dataclass(slots=True)
 class _Job:
     rows: Sequence[Row]
     invalid: Sequence[Invalid]
     received_ms: int
     future: asyncio.Future[list[bool]]
+    op: Op | None = None
     inserted: list[bool] = field(default_factory=list)
     error: StoreError | None = None
 
@@ -107,9 +122,12 @@ class Store:
         min_free_bytes: int = 100 << 20,
         retention_ms: int = 30 * 86_400_000,
         housekeeping_s: float = 30.0,
+        keep_pending: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = Path(data_dir) / DB_NAME
+        # With a sink, retention never deletes what has not been shipped yet.
+        self.keep_pending = keep_pending
         self.sync = sync
         self.max_bytes = max_bytes
         self.min_free_bytes = min_free_bytes
@@ -178,8 +196,20 @@ class Store:
                     received_ms: int = 0) -> list[bool]:
         """Commit rows and quarantined items together; per row, True if new, False if a dup."""
         self.refuse_if_full()
+        return await self._enqueue(_Job(rows, invalid, received_ms,
+                                        asyncio.get_running_loop().create_future()))
+
+    async def apply(self, op: Op) -> None:
+        """Run `op(connection)` inside the next commit group (shipping state, dead letters).
+
+        Not refused when the store is full: marking events shipped is what frees it.
+        """
+        if self._conn is None:
+            raise StoreUnavailable("the store is not open")
+        await self._enqueue(_Job((), (), 0, asyncio.get_running_loop().create_future(), op))
+
+    async def _enqueue(self, job: _Job) -> list[bool]:
         loop = asyncio.get_running_loop()
-        job = _Job(rows, invalid, received_ms, loop.create_future())
         self._queued.append(job)
         self._schedule(loop)
         return await job.future
@@ -249,6 +279,8 @@ class Store:
                 for bad in job.invalid:
                     digest = hashlib.sha256(bad.raw).hexdigest()
                     conn.execute(_QUARANTINE, (job.received_ms, bad.reason, digest, bad.raw))
+                if job.op is not None:
+                    job.op(conn)
             start = 0
             while start < len(new):
                 size = next(n for n in _CHUNKS if n <= len(new) - start)
@@ -326,17 +358,20 @@ class Store:
         conn = self._conn
         assert conn is not None
         cutoff = int(self.clock() * 1000) - self.retention_ms
+        keep = f" AND state != {PENDING}" if self.keep_pending else ""
         chunks = 0
-        for table, key in (("events", "seq"), ("quarantine", "id")):
+        for table, key, extra in (("events", "seq", keep), ("quarantine", "id", "")):
             while True:
                 cur = conn.execute(
                     f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} "
-                    f"ORDER BY {key} LIMIT {_PRUNE_CHUNK}) AND received_at < ?", (cutoff,))
+                    f"ORDER BY {key} LIMIT {_PRUNE_CHUNK}) AND received_at < ?{extra}", (cutoff,))
                 chunks += 1
                 if cur.rowcount < _PRUNE_CHUNK:
                     break
                 if max_chunks is not None and chunks >= max_chunks:
                     return True
+        conn.execute("DELETE FROM dead_letters WHERE seq NOT IN (SELECT seq FROM events "
+                     f"WHERE state = {DEAD})")
         return False
 
     def _check_space(self, force: bool = False) -> None:
@@ -364,6 +399,51 @@ class Store:
                                 f"under the {self.min_free_bytes} minimum")
         else:
             self.full_reason = None
+
+
+def mark_done(shipped: Sequence[int], dead: Sequence[DeadLetter], target: str,
+              now_ms: int) -> Op:
+    """Op: `shipped` are in Elasticsearch; `dead` were refused for good and wait in `dlq`."""
+    def op(conn: sqlite3.Connection) -> None:
+        for start in range(0, len(shipped), _ID_PROBE):
+            part = shipped[start:start + _ID_PROBE]
+            conn.execute(f"UPDATE events SET state = {SHIPPED} WHERE seq IN "
+                         f"({', '.join('?' * len(part))})", part)
+        conn.executemany(f"UPDATE events SET state = {DEAD} WHERE seq = ?",
+                         [(d.item.seq,) for d in dead])
+        conn.executemany(
+            "INSERT OR REPLACE INTO dead_letters (seq, event_id, failed_at, status, error_type,"
+            " reason, target) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(d.item.seq, d.item.event_id, now_ms, d.status, d.error_type, d.reason, target)
+             for d in dead])
+    return op
+
+
+def requeue_dead(seqs: Sequence[int] | None, doc: bytes | None = None) -> Op:
+    """Op: dead letters (all when `seqs` is None) become pending again, optionally re-documented."""
+    def op(conn: sqlite3.Connection) -> None:
+        where = "" if seqs is None else f" AND seq IN ({', '.join('?' * len(seqs))})"
+        args = () if seqs is None else tuple(seqs)
+        if doc is not None:
+            conn.execute(f"UPDATE events SET doc = ? WHERE state = {DEAD}{where}", (doc, *args))
+        conn.execute(f"UPDATE events SET state = {PENDING} WHERE state = {DEAD}{where}", args)
+        conn.execute(f"DELETE FROM dead_letters WHERE seq NOT IN (SELECT seq FROM events "
+                     f"WHERE state = {DEAD})")
+    return op
+
+
+def purge_dead(failed_before_ms: int | None) -> Op:
+    """Op: forget dead letters (those that failed before the given time, or all)."""
+    def op(conn: sqlite3.Connection) -> None:
+        cutoff = (" WHERE failed_at < ?", (failed_before_ms,)) if failed_before_ms else ("", ())
+        seqs = [seq for (seq,) in conn.execute(f"SELECT seq FROM dead_letters{cutoff[0]}",
+                                               cutoff[1])]
+        for start in range(0, len(seqs), _ID_PROBE):
+            part = seqs[start:start + _ID_PROBE]
+            marks = ", ".join("?" * len(part))
+            conn.execute(f"DELETE FROM events WHERE state = {DEAD} AND seq IN ({marks})", part)
+            conn.execute(f"DELETE FROM dead_letters WHERE seq IN ({marks})", part)
+    return op
 
 
 def _casefold(value: str | None) -> str | None:
@@ -405,6 +485,41 @@ class Reader:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY ts DESC, seq DESC LIMIT ?"
         return [self._doc(doc, state) for doc, state in self._query(sql, [*args, limit])]
+
+    def pending(self, after_seq: int, limit: int) -> list[Pending]:
+        """Pending events after `after_seq`, oldest first (the shipper's lease)."""
+        rows = self._query(f"SELECT seq, event_id, doc, raw FROM events WHERE seq > ? AND "
+                           f"state = {PENDING} ORDER BY seq LIMIT ?", [after_seq, limit])
+        return [Pending(seq, event_id, doc, raw) for seq, event_id, doc, raw in rows]
+
+    def first_pending(self) -> int | None:
+        found: int | None = self._query(
+            f"SELECT min(seq) FROM events WHERE state = {PENDING}", [])[0][0]
+        return found
+
+    def oldest_pending_ms(self) -> int | None:
+        """Receive time of the oldest event not shipped yet (the shipping lag)."""
+        rows = self._query(f"SELECT received_at FROM events WHERE state = {PENDING} "
+                           "ORDER BY seq LIMIT 1", [])
+        return rows[0][0] if rows else None
+
+    def dead_letters(self, limit: int = 20) -> list[dict[str, Any]]:
+        rows = self._query("SELECT seq, event_id, failed_at, status, error_type, reason, target "
+                           "FROM dead_letters ORDER BY seq DESC LIMIT ?", [limit])
+        keys = ("seq", "event_id", "failed_at", "status", "error_type", "reason", "target")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def dead_letter(self, seq: int) -> dict[str, Any] | None:
+        rows = self._query("SELECT d.seq, d.event_id, d.failed_at, d.status, d.error_type, "
+                           "d.reason, d.target, e.doc, e.raw FROM dead_letters d JOIN events e "
+                           "ON e.seq = d.seq WHERE d.seq = ?", [seq])
+        if not rows:
+            return None
+        keys = ("seq", "event_id", "failed_at", "status", "error_type", "reason", "target")
+        found = dict(zip(keys, rows[0][:7], strict=True))
+        found["doc"] = orjson.loads(rows[0][7])
+        found["raw"] = rows[0][8].decode("utf-8", "replace")
+        return found
 
     def quarantined(self, limit: int = 20) -> list[dict[str, Any]]:
         rows = self._query("SELECT id, received_at, reason, raw FROM quarantine "

@@ -1,0 +1,125 @@
+"""Pure bulk stages: expand rows to `create` actions, chunk by count and bytes, classify items."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+SHIPPED_STATUSES = frozenset({200, 201, 409})  # 409 on create: the document is already there
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+BLOCK_TYPES = frozenset({"cluster_block_exception"})
+# Only what classification needs: small responses even for 10,000 items.
+FILTER_PATH = "errors,items.*.status,items.*.error.type,items.*.error.reason"
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A stored event waiting to be shipped."""
+
+    seq: int
+    event_id: str
+    doc: bytes
+    raw: bytes
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Why Elasticsearch refused an event for good."""
+
+    item: Pending
+    status: int
+    error_type: str
+    reason: str
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The parsed answer to one bulk request."""
+
+    shipped: list[Pending] = field(default_factory=list)
+    conflicts: int = 0
+    retry: list[Pending] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    blocked: str | None = None
+
+
+def source(doc: bytes, raw: bytes) -> bytes:
+    """The document to index: the stored one plus `event.original`, the raw event unindexed."""
+    original = orjson.dumps({"original": raw.decode("utf-8", "replace")})
+    if b'"event":' not in doc:
+        # Splice instead of parse-and-dump: the stored document is already canonical JSON.
+        return doc[:-1] + b',"event":' + original + b"}"
+    data = orjson.loads(doc)
+    event, extra = data.get("event"), {"original": raw.decode("utf-8", "replace")}
+    if isinstance(event, dict):
+        data["event"] = {**event, **extra}
+    else:
+        data["event"] = extra if event is None else {"value": event, **extra}
+    return orjson.dumps(data)
+
+
+def action(item: Pending, index: str) -> bytes:
+    """One `create` action with the deterministic `_id`, and its source, as NDJSON."""
+    meta = orjson.dumps({"create": {"_index": index, "_id": item.event_id}})
+    return meta + b"\n" + source(item.doc, item.raw) + b"\n"
+
+
+def chunks(items: Iterable[Pending], index: str, max_docs: int,
+           max_bytes: int) -> Iterator[tuple[list[Pending], bytes]]:
+    """Requests of at most `max_docs` actions and about `max_bytes` (one oversized doc alone)."""
+    batch: list[Pending] = []
+    body: list[bytes] = []
+    size = 0
+    for item in items:
+        line = action(item, index)
+        if batch and (len(batch) >= max_docs or size + len(line) > max_bytes):
+            yield batch, b"".join(body)
+            batch, body, size = [], [], 0
+        batch.append(item)
+        body.append(line)
+        size += len(line)
+    if batch:
+        yield batch, b"".join(body)
+
+
+def classify(sent: Sequence[Pending], response: dict[str, Any]) -> Outcome:
+    """Per item: shipped, retry (with its attempt counted), dead letter, or a cluster block."""
+    outcome = Outcome()
+    items = response.get("items") or []
+    if len(items) != len(sent):
+        # Not an answer we can pair with what we sent: retry all of it rather than guess.
+        outcome.retry = [again(item) for item in sent]
+        return outcome
+    for item, answer in zip(sent, items, strict=True):
+        result = next(iter(answer.values())) if isinstance(answer, dict) and answer else {}
+        status = int(result.get("status", 0))
+        error = result.get("error") or {}
+        error_type = str(error.get("type", "")) if isinstance(error, dict) else str(error)
+        reason = str(error.get("reason", "")) if isinstance(error, dict) else ""
+        if status in SHIPPED_STATUSES:
+            outcome.shipped.append(item)
+            outcome.conflicts += status == 409
+        elif error_type in BLOCK_TYPES or "read-only" in reason or "read_only" in reason:
+            # A full disk or a read-only index is the cluster's problem, never the event's.
+            outcome.blocked = reason or error_type
+            outcome.retry.append(again(item))
+        elif status in RETRY_STATUSES or status == 0:
+            outcome.retry.append(again(item))
+        else:
+            outcome.dead.append(DeadLetter(item, status, error_type or "unknown", reason))
+    return outcome
+
+
+def again(item: Pending) -> Pending:
+    """The same event, one attempt more."""
+    return Pending(item.seq, item.event_id, item.doc, item.raw, item.attempts + 1)
+
+
+def backoff(attempt: int, initial: float, cap: float, rng: random.Random) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, initial * 2**attempt)]."""
+    return rng.uniform(0, min(cap, initial * (2 ** min(attempt, 30))))
