@@ -92,10 +92,20 @@ class ElasticsearchSink:
     async def check_version(self) -> str:
         """The server version; raises SinkVersionMismatch when its major is not the client's."""
         try:
-            # Plain JSON: a 9.x client's compatibility header would make an 8.x server say 400.
-            info = await self.client.options(headers={"accept": "application/json"}).info()
+            # Through the transport with plain JSON: the client would send its compatibility
+            # header, which an older server answers with a 400 instead of its version.
+            meta, info = await self.client.transport.perform_request(
+                "GET", "/", headers={"accept": "application/json"})
         except Exception as exc:
             raise _translate(exc, "reading the cluster version") from None
+        if meta.status in (401, 403):
+            raise SinkRefused(f"reading the cluster version: HTTP {meta.status}, not authorised: "
+                              "check INGEST_ELASTICSEARCH_API_KEY or _USERNAME/_PASSWORD",
+                              meta.status)
+        if meta.status >= 300 or not isinstance(info, dict) or "version" not in info:
+            raise SinkUnavailable(f"reading the cluster version: HTTP {meta.status}", meta.status)
+        if meta.headers.get("x-elastic-product") != "Elasticsearch":
+            raise SinkRefused(f"the server at {self.url} is not Elasticsearch")
         number = str(info["version"]["number"])
         major = int(number.split(".")[0])
         if major != CLIENT_MAJOR:
