@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import elastic_transport
 import elasticsearch
@@ -50,6 +51,16 @@ class Connection:
     timeout_s: float = 30.0
 
 
+def redact(url: str) -> str:
+    """The URL without any `user:password@` part, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=f"***@{netloc}"))
+
+
 def connection(settings: Settings) -> Connection:
     """The cluster connection from settings; ConfigError when no URL is set."""
     if not settings.elasticsearch_url:
@@ -69,7 +80,7 @@ class ElasticsearchSink:
     """Bulk requests and setup over one AsyncElasticsearch client with its own retries off."""
 
     def __init__(self, conn: Connection) -> None:
-        self.url = conn.url
+        self.url = redact(conn.url)
         if conn.ca_cert is not None and not conn.ca_cert.is_file():
             raise ConfigError(f"INGEST_ELASTICSEARCH_CA_CERT: no file at {conn.ca_cert}")
         auth: dict[str, Any] = {"ca_certs": str(conn.ca_cert)} if conn.ca_cert else {}
@@ -84,7 +95,7 @@ class ElasticsearchSink:
                 max_retries=0, retry_on_timeout=False,
                 verify_certs=conn.verify_certs, **auth)
         except ValueError as exc:
-            raise ConfigError(f"INGEST_ELASTICSEARCH_URL {conn.url!r}: {exc}") from None
+            raise ConfigError(f"INGEST_ELASTICSEARCH_URL {self.url!r}: {exc}") from None
 
     async def close(self) -> None:
         await self.client.close()

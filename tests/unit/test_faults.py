@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-
 from elasticsearch import (
     ApiError,
     AsyncElasticsearch,
@@ -24,6 +23,7 @@ from elasticsearch import (
     TransportError,
     UnsupportedProductError,
 )
+
 from ingest.faults import BulkItem, FaultBulkServer
 
 T = TypeVar("T")
