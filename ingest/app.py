@@ -59,6 +59,33 @@ def build_store(settings: Settings, clock: Callable[[], float] = time.time) -> S
     )
 
 
+class StoreGauges:
+    """Scrape-time values for the store gauges; counts refresh at most every 10 s."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.reader: Reader | None = None
+        self.shipping = False
+        self._cached: dict[str, float] = {}
+        self._refreshed = float("-inf")
+
+    def read(self) -> dict[str, float]:
+        if self.reader is None:
+            return {}
+        try:
+            if time.monotonic() - self._refreshed > 10:
+                self._cached = dict(self.reader.state_counts())
+                self._refreshed = time.monotonic()
+            values = dict(self._cached)
+            if self.shipping:
+                oldest = self.reader.oldest_pending_ms()
+                values["lag_seconds"] = 0.0 if oldest is None else max(
+                    0.0, self.clock() - oldest / 1000)
+        except StoreError:
+            return {}
+        return values
+
+
 def build_shipper(settings: Settings, store: Store, metrics: Metrics,
                   clock: Callable[[], float] = time.time) -> tuple[Shipper, Reader, Any]:
     """Shipper, its read connection and its sink, from settings (the store must be open)."""
@@ -133,15 +160,21 @@ def create_app(
         gc.freeze()
         shipping = start_shipping(settings, store, metrics, clock) \
             if settings.elasticsearch_url else None
+        gauges.reader, gauges.shipping = Reader(settings.data_dir), shipping is not None
         app.state.shipper = shipping[0] if shipping else None
         try:
             yield
         finally:
             if shipping:
                 await stop_shipping(*shipping)
+            if gauges.reader is not None:
+                gauges.reader.close()
+                gauges.reader = None
             store.close()
             log.info("store closed")
 
+    gauges = StoreGauges(clock)
+    metrics.watch_store(gauges.read)
     app = ReceiverApp(title="holysheep-ingest", lifespan=lifespan, docs_url=None,
                       redoc_url=None)
     app.webhook = webhook

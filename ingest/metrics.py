@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import re
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from ingest.bulk import Outcome
+    from ingest.enrich import Row
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_MODEL_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,79}")
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -20,8 +34,10 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.webhooks = Counter(
             "ingest_webhooks", "Webhook events and requests by outcome (events for accepted, "
-            "duplicate and quarantined; requests for every refusal)", ["outcome"],
-            registry=self.registry)
+            "duplicate and quarantined; requests for every refusal, with the error code as "
+            "reason)", ["outcome", "reason"], registry=self.registry)
+        self.relay = RelayTraffic()
+        self.registry.register(self.relay)
         self.unpriced = Counter(
             "ingest_unpriced_events", "Accepted events whose model has no known price",
             registry=self.registry)
@@ -35,12 +51,16 @@ class Metrics:
             "ingest_bulk_failures", "Bulk requests that failed as a whole", registry=self.registry)
         self.sink_up = Gauge("ingest_sink_up", "1 while the last bulk request succeeded",
                              registry=self.registry)
-        self.accepted = self.webhooks.labels("accepted")
-        self.duplicate = self.webhooks.labels("duplicate")
-        self.quarantined = self.webhooks.labels("quarantined")
+        self.accepted = self.webhooks.labels("accepted", "")
+        self.duplicate = self.webhooks.labels("duplicate", "")
+        self.quarantined = self.webhooks.labels("quarantined", "")
 
-    def refused(self, outcome: str) -> None:
-        self.webhooks.labels(outcome).inc()
+    def refused(self, outcome: str, reason: str) -> None:
+        self.webhooks.labels(outcome, reason).inc()
+
+    def watch_store(self, read: Callable[[], dict[str, float]]) -> None:
+        """Expose `ingest_store_events{state}` and the shipping lag, read at scrape time."""
+        self.registry.register(_StoreGauges(read))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -58,3 +78,113 @@ class Metrics:
                             ("dead_lettered", len(outcome.dead))):
             if count:
                 self.bulk_items.labels(name).inc(count)
+
+
+class RelayTraffic(Collector):
+    """The relay's own traffic, from accepted events, in plain dicts read at scrape time.
+
+    A custom collector because the hot path then only adds to dict entries: a labelled
+    prometheus_client child per update cost several times more per event.
+    """
+
+    def __init__(self, model_limit: int = 50) -> None:
+        self.model_limit = model_limit
+        self._models: dict[str, str] = {}
+        self.requests: dict[tuple[str, str], int] = {}
+        self.tokens: dict[tuple[str, str], int] = {}
+        self.cost: dict[tuple[str, str], float] = {}
+        self.latency: dict[str, list[float]] = {}  # per-bucket counts, then +Inf, sum
+
+    def model(self, name: str | None) -> str:
+        """Bounded label values: the first `model_limit` sane names, then `other`."""
+        if name is None:
+            return "unknown"
+        found = self._models.get(name)
+        if found is None:
+            sane = _MODEL_LABEL.fullmatch(name) is not None
+            found = name if sane and len(self._models) < self.model_limit else "other"
+            if len(self._models) < 10 * self.model_limit:
+                self._models[name] = found
+        return found
+
+    def observe(self, rows: Sequence[Row], inserted: Sequence[bool]) -> None:
+        """Count each new event once; duplicates were counted when they first arrived."""
+        requests, tokens, cost, latency = self.requests, self.tokens, self.cost, self.latency
+        for row, new in zip(rows, inserted, strict=True):
+            if not new:
+                continue
+            model = self.model(row.model)
+            status = row.status_code
+            klass = "unknown" if status is None else "429" if status == 429 \
+                else f"{status // 100}xx"
+            key = (model, klass)
+            requests[key] = requests.get(key, 0) + 1
+            if row.latency_ms is not None:
+                seconds = row.latency_ms / 1000
+                buckets = latency.get(model)
+                if buckets is None:
+                    buckets = latency[model] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+                buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+                buckets[-1] += seconds
+            if row.prompt_tokens:
+                tokens[(model, "prompt")] = tokens.get((model, "prompt"), 0) + row.prompt_tokens
+            if row.completion_tokens:
+                key = (model, "completion")
+                tokens[key] = tokens.get(key, 0) + row.completion_tokens
+            if row.cost_usd is not None:
+                cost[(model, "relay")] = cost.get((model, "relay"), 0.0) + row.cost_usd
+            if row.computed_cost_usd is not None:
+                key = (model, "computed")
+                cost[key] = cost.get(key, 0.0) + row.computed_cost_usd
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "holysheep_relay_requests", "Relay requests by model and status class (429 apart), "
+            "counted once per event id", labels=["model", "status_class"])
+        for (model, klass), count in sorted(self.requests.items()):
+            requests.add_metric([model, klass], count)
+        yield requests
+        latency = HistogramMetricFamily(
+            "holysheep_relay_latency_seconds", "Relay request latency as the relay reported it",
+            labels=["model"])
+        for model, counts in sorted(self.latency.items()):
+            cumulative: list[tuple[str, float]] = []
+            running = 0.0
+            for bound, in_bucket in zip((*LATENCY_BUCKETS, float("inf")), counts[:-1],
+                                        strict=True):
+                running += in_bucket
+                cumulative.append((_bound(bound), running))
+            latency.add_metric([model], cumulative, sum_value=counts[-1])
+        yield latency
+        tokens = CounterMetricFamily("holysheep_relay_tokens", "Tokens by model and kind",
+                                     labels=["model", "kind"])
+        for (model, kind), count in sorted(self.tokens.items()):
+            tokens.add_metric([model, kind], count)
+        yield tokens
+        cost = CounterMetricFamily(
+            "holysheep_relay_cost_usd", "Spend in USD: source=relay as the relay reported it, "
+            "source=computed from the price book", labels=["model", "source"])
+        for (model, source), usd in sorted(self.cost.items()):
+            cost.add_metric([model, source], usd)
+        yield cost
+
+
+def _bound(value: float) -> str:
+    return "+Inf" if value == float("inf") else repr(value)
+
+
+class _StoreGauges(Collector):
+    def __init__(self, read: Callable[[], dict[str, float]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[Metric]:
+        values = self.read()
+        events = GaugeMetricFamily("ingest_store_events", "Events in the local store by "
+                                   "shipping state", labels=["state"])
+        for state in ("pending", "shipped", "dead"):
+            if state in values:
+                events.add_metric([state], values[state])
+        yield events
+        if "lag_seconds" in values:
+            yield GaugeMetricFamily("ingest_shipping_lag_seconds", "Age of the oldest event not "
+                                    "shipped yet; 0 when none", value=values["lag_seconds"])

@@ -497,6 +497,15 @@ class Reader:
             f"SELECT min(seq) FROM events WHERE state = {PENDING}", [])[0][0]
         return found
 
+    def state_counts(self) -> dict[str, int]:
+        """Events by shipping state without a full scan: pending through its partial index,
+        dead from the dead-letter table, shipped as what the sequence range holds besides."""
+        pending = self._query(f"SELECT count(*) FROM events WHERE state = {PENDING}", [])[0][0]
+        dead = self._query("SELECT count(*) FROM dead_letters", [])[0][0]
+        low, high = self._query("SELECT min(seq), max(seq) FROM events", [])[0]
+        held = 0 if low is None else high - low + 1
+        return {"pending": pending, "shipped": max(0, held - pending - dead), "dead": dead}
+
     def oldest_pending_ms(self) -> int | None:
         """Receive time of the oldest event not shipped yet (the shipping lag)."""
         rows = self._query(f"SELECT received_at FROM events WHERE state = {PENDING} "

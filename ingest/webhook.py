@@ -31,13 +31,14 @@ Send = Callable[[Message], Awaitable[None]]
 
 log = logging.getLogger("ingest.webhook")
 
-_STATUS: tuple[tuple[type[IngestError], int], ...] = (
-    (SignatureError, 401),
-    (PayloadTooLarge, 413),
-    (UnsupportedMediaType, 415),
-    (MalformedPayload, 400),
-    (EventInvalid, 422),
-    (StoreError, 503),
+# Each error class: its HTTP status and its `ingest_webhooks_total` outcome.
+_STATUS: tuple[tuple[type[IngestError], int, str], ...] = (
+    (SignatureError, 401, "unauthorized"),
+    (PayloadTooLarge, 413, "too_large"),
+    (UnsupportedMediaType, 415, "unsupported"),
+    (MalformedPayload, 400, "malformed"),
+    (EventInvalid, 422, "quarantined"),
+    (StoreError, 503, "overloaded"),
 )
 _JSON = (b"content-type", b"application/json")
 _MAX_REPORTED_ERRORS = 20
@@ -45,10 +46,19 @@ _MAX_REPORTED_ERRORS = 20
 
 def http_status(exc: IngestError) -> int:
     """The HTTP status for an error of the tree; anything unmapped is the server's fault."""
-    for cls, status in _STATUS:
+    return _mapped(exc)[0]
+
+
+def outcome(exc: IngestError) -> str:
+    """The `outcome` label an error counts under in `ingest_webhooks_total`."""
+    return _mapped(exc)[1]
+
+
+def _mapped(exc: IngestError) -> tuple[int, str]:
+    for cls, status, name in _STATUS:
         if isinstance(exc, cls):
-            return status
-    return 500
+            return status, name
+    return 500, "error"
 
 
 def error_body(exc: IngestError) -> bytes:
@@ -88,7 +98,7 @@ class WebhookEndpoint:
             headers = [_JSON]
             if status == 503:
                 headers.append((b"retry-after", self.retry_after))
-            self.metrics.refused(exc.code)
+            self.metrics.refused(outcome(exc), exc.code)
             log.debug("webhook refused: %s %s", status, exc.code)
         except _ClientGone:
             return
@@ -185,6 +195,7 @@ class WebhookEndpoint:
     def _count(self, rows: list[Row], inserted: list[bool], accepted: int, duplicates: int,
                quarantined: int) -> None:
         m = self.metrics
+        m.relay.observe(rows, inserted)
         if accepted:
             m.accepted.inc(accepted)
             missing = sum(1 for row, new in zip(rows, inserted, strict=True)

@@ -74,7 +74,8 @@ def webhook_counts(http: httpx.Client) -> dict[str, float]:
     for family in text_string_to_metric_families(response.text):
         for sample in family.samples:
             if sample.name == "ingest_webhooks_total":
-                found[sample.labels["outcome"]] = sample.value
+                # Refusals by their error code, per-event outcomes by name.
+                found[sample.labels["reason"] or sample.labels["outcome"]] = sample.value
     return found
 
 

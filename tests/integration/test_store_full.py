@@ -110,7 +110,7 @@ def test_full_store_refuses_with_503_then_recovers_after_pruning(
         assert http.get(receiver.url + "/readyz").status_code == 200
 
         metrics = http.get(receiver.url + "/metrics").text
-        assert f'ingest_webhooks_total{{outcome="store_full"}} {1 + refused:.1f}' in metrics
+        assert f'ingest_webhooks_total{{outcome="overloaded",reason="store_full"}} {1 + refused:.1f}' in metrics
 
     reader = Reader(receiver.data_dir)
     try:

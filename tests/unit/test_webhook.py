@@ -71,7 +71,14 @@ class Harness:
         return asyncio.run(self.post(content, headers))
 
     def outcome(self, name: str) -> float | None:
-        return self.registry.get_sample_value("ingest_webhooks_total", {"outcome": name})
+        """Per-event outcomes by name, refusals by their error code (the `reason` label)."""
+        for outcome in ("accepted", "duplicate", "quarantined"):
+            if name == outcome:
+                return self.registry.get_sample_value(
+                    "ingest_webhooks_total", {"outcome": name, "reason": ""})
+        found = [s.value for metric in self.registry.collect() for s in metric.samples
+                 if s.name == "ingest_webhooks_total" and s.labels["reason"] == name]
+        return sum(found) if found else None
 
     def unpriced(self) -> float | None:
         return self.registry.get_sample_value("ingest_unpriced_events_total")
