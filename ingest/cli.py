@@ -46,6 +46,17 @@ settings (environment):
 endpoints: POST /webhooks/holysheep, GET /healthz, GET /readyz, GET /metrics"""
 
 
+REPORT_HELP = """\
+The questions, answered the same way from the embedded store or from Elasticsearch:
+  latency   p50/p90/p95/p99 overall and per model, and the latency-bucket split.
+            The store computes exact percentiles (linear interpolation between ranks);
+            Elasticsearch's are approximate (t-digest, typically within 1 % for these sizes).
+  errors    per model: requests, errors (status >= 400), error rate, top error messages.
+  cost      per UTC day (--by model|user to split): relay-reported and computed cost,
+            prompt/completion/total tokens, requests.
+An empty window says so (exit 1) instead of printing zeros."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -112,6 +123,23 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true", help="JSON lines of stored documents")
     search.add_argument("--data-dir", type=Path, help="store directory (INGEST_DATA_DIR)")
     search.set_defaults(func=cmd_search)
+
+    report = sub.add_parser(
+        "report", help="answers: latency percentiles, error rates, cost and tokens",
+        description=REPORT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    report.add_argument("question", choices=["latency", "errors", "cost"])
+    report.add_argument("--since", help="relative (30m, 24h, 7d) or ISO 8601; default 24h for "
+                        "latency, 1h for errors, 7d for cost")
+    report.add_argument("--until", help="relative or ISO 8601 (default: now)")
+    report.add_argument("--model", help="only this model")
+    report.add_argument("--user", help="only this user_metadata.user_id")
+    report.add_argument("--by", choices=["day", "model", "user"], default="day",
+                        help="cost: one row per day, or per day and model/user")
+    report.add_argument("--backend", choices=["auto", "store", "elasticsearch"], default="auto",
+                        help="auto: Elasticsearch when INGEST_ELASTICSEARCH_URL is set")
+    report.add_argument("--json", action="store_true", help="machine-readable, stable keys")
+    report.add_argument("--data-dir", type=Path, help="store directory (INGEST_DATA_DIR)")
+    report.set_defaults(func=cmd_report)
 
     setup = sub.add_parser(
         "setup", help="install the ILM policy, templates and data stream in Elasticsearch",
@@ -459,3 +487,59 @@ def _apply(data_dir: Path | None, op: Any) -> None:
             store.close()
 
     asyncio.run(run())
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from ingest import reports
+
+    settings = load(data_dir=args.data_dir)
+    q = reports.query(args.question, args.since, args.until, args.model, args.user,
+                      datetime.now(UTC))
+    use_es = args.backend == "elasticsearch" or (
+        args.backend == "auto" and settings.elasticsearch_url is not None)
+    if use_es:
+        result = asyncio.run(_report_es(settings, args.question, q, args.by))
+    else:
+        reader = _reader(args.data_dir)
+        try:
+            result = _report_store(reader, args.question, q, args.by)
+        finally:
+            reader.close()
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(result) + b"\n")
+        return 0
+    if reports.empty(result):
+        window = result["window"]
+        print(f"no events between {window['since']} and {window['until']}"
+              + (f" for model {args.model}" if args.model else "")
+              + (f" for user {args.user}" if args.user else ""), file=sys.stderr)
+        return 1
+    from ingest.render import render
+
+    render(result)
+    return 0
+
+
+def _report_store(reader: Reader, question: str, q: Any, by: str) -> dict[str, Any]:
+    from ingest import reports
+
+    if question == "latency":
+        return reports.latency_result(q, reader.latencies(q), "exact")
+    if question == "errors":
+        return reports.errors_result(q, reader.error_counts(q),
+                                     reader.top_errors(q, reports.TOP_ERRORS))
+    return reports.cost_result(q, by, reader.cost(q, by))
+
+
+async def _report_es(settings: Any, question: str, q: Any, by: str) -> dict[str, Any]:
+    from ingest import reports
+    from ingest.sink import ElasticsearchSink, connection
+
+    sink = ElasticsearchSink(connection(settings))
+    try:
+        response = await sink.search(settings.data_stream, reports.es_body(question, q, by))
+    finally:
+        await sink.close()
+    return reports.from_es(question, q, response, by)

@@ -137,6 +137,15 @@ class ElasticsearchSink:
         result: dict[str, Any] = dict(response.body)
         return result
 
+    async def search(self, index: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One search request (the report queries); errors as in `bulk`."""
+        try:
+            response = await self.client.search(index=index, **body)
+        except Exception as exc:
+            raise _translate(exc, "search") from None
+        result: dict[str, Any] = dict(response.body)
+        return result
+
     async def setup(self, data_stream: str, rollover_max_age: str, rollover_max_size: str,
                     delete_after: str, dry_run: bool = False) -> list[str]:
         """Install policy, templates and the data stream; returns what it did, line by line."""

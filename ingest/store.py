@@ -19,6 +19,7 @@ import orjson
 from ingest.bulk import DeadLetter, Pending
 from ingest.enrich import Row
 from ingest.errors import StoreError, StoreFull, StoreUnavailable
+from ingest.reports import Query
 
 PENDING, SHIPPED, DEAD = 0, 1, 2
 STATES = {PENDING: "pending", SHIPPED: "shipped", DEAD: "dead"}
@@ -50,6 +51,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS events_event_id ON events(event_id);
 CREATE INDEX IF NOT EXISTS events_user ON events(user_id, ts) WHERE user_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_trace ON events(trace_id) WHERE trace_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_pending ON events(seq) WHERE state = {PENDING};
+CREATE INDEX IF NOT EXISTS events_ts ON events(ts);
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq INTEGER PRIMARY KEY,
     event_id TEXT NOT NULL,
@@ -529,6 +531,66 @@ class Reader:
         found["doc"] = orjson.loads(rows[0][7])
         found["raw"] = rows[0][8].decode("utf-8", "replace")
         return found
+
+    # Report queries (ingest.reports shapes the answers) ------------------------------------
+    def _where(self, q: Query, extra: str = "") -> tuple[str, list[Any]]:
+        where = ["ts >= ?", "ts < ?"]
+        args: list[Any] = [q.since_ms, q.until_ms]
+        if q.model is not None:
+            where.append("model = ?")
+            args.append(q.model)
+        if q.user is not None:
+            where.append("user_id = ?")
+            args.append(q.user)
+        if extra:
+            where.append(extra)
+        return " WHERE " + " AND ".join(where), args
+
+    def latencies(self, q: Query) -> dict[str, list[float]]:
+        """Each model's latencies in the window, sorted (SQLite sorts; exact percentiles)."""
+        where, args = self._where(q, "latency_ms IS NOT NULL")
+        found: dict[str, list[float]] = {}
+        for model, values in self._query(
+                f"SELECT coalesce(model, '(none)'), json_group_array(latency_ms) FROM "
+                f"(SELECT model, latency_ms FROM events{where} ORDER BY latency_ms) "
+                "GROUP BY 1", args):
+            found[model] = orjson.loads(values)
+        return found
+
+    def error_counts(self, q: Query) -> list[tuple[str | None, int, int]]:
+        where, args = self._where(q)
+        return [tuple(row) for row in self._query(
+            f"SELECT model, count(*), count(*) FILTER (WHERE status_code >= 400) FROM events"
+            f"{where} GROUP BY model", args)]
+
+    def top_errors(self, q: Query, per_model: int) -> dict[str | None, list[tuple[str, int]]]:
+        where, args = self._where(q, "status_code >= 400 AND error_message IS NOT NULL")
+        found: dict[str | None, list[tuple[str, int]]] = {}
+        for model, message, count in self._query(
+                f"SELECT model, error_message, count(*) AS n FROM events{where} "
+                "GROUP BY model, error_message ORDER BY n DESC", args):
+            if len(found.setdefault(model, [])) < per_model:
+                found[model].append((message, count))
+        return found
+
+    def cost(self, q: Query, by: str) -> list[dict[str, Any]]:
+        """Per UTC day (and model or user): requests, both costs, tokens."""
+        key = {"day": "NULL", "model": "model", "user": "user_id"}[by]
+        where, args = self._where(q)
+        rows = self._query(
+            f"SELECT strftime('%Y-%m-%d', ts / 1000, 'unixepoch') AS day, {key} AS key, "
+            "count(*), total(cost_usd), total(computed_cost_usd), total(prompt_tokens), "
+            f"total(completion_tokens), total(tokens_used) FROM events{where} "
+            "GROUP BY day, key ORDER BY day, key", args)
+        names = ("day", "key", "requests", "cost_usd", "computed_cost_usd", "prompt_tokens",
+                 "completion_tokens", "total_tokens")
+        out = []
+        for row in rows:
+            item = dict(zip(names, row, strict=True))
+            for tokens in ("prompt_tokens", "completion_tokens", "total_tokens"):
+                item[tokens] = int(item[tokens])
+            out.append(item)
+        return out
 
     def quarantined(self, limit: int = 20) -> list[dict[str, Any]]:
         rows = self._query("SELECT id, received_at, reason, raw FROM quarantine "

@@ -1,0 +1,217 @@
+"""The question catalogue: latency, errors, cost; one result shape, two backends (store, ES)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ingest.enrich import LatencyBucket, iso_ms
+from ingest.errors import ConfigError
+
+PERCENTS = (50, 90, 95, 99)
+BUCKETS = (*(name for _, name in LatencyBucket().bounds), LatencyBucket().last)
+TOP_ERRORS = 3
+DEFAULT_SINCE = {"latency": "24h", "errors": "1h", "cost": "7d"}
+_RELATIVE = re.compile(r"(\d+)\s*(m|h|d|w)", re.IGNORECASE)
+_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+@dataclass(frozen=True)
+class Query:
+    """A question's filters: the window in unix ms (`until` excluded), model and user."""
+
+    since_ms: int
+    until_ms: int
+    model: str | None = None
+    user: str | None = None
+
+    def window(self) -> dict[str, str]:
+        return {"since": iso_ms(self.since_ms), "until": iso_ms(self.until_ms)}
+
+
+def parse_time(value: str, now: datetime) -> int:
+    """`24h`, `7d`, `30m` (that long before now) or an ISO 8601 time -> unix ms."""
+    match = _RELATIVE.fullmatch(value.strip())
+    if match:
+        delta = timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2).lower()])
+        return int((now - delta).timestamp() * 1000)
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"{value!r}: use a relative time (30m, 24h, 7d) or ISO 8601") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+def query(question: str, since: str | None, until: str | None, model: str | None,
+          user: str | None, now: datetime) -> Query:
+    start = parse_time(since or DEFAULT_SINCE[question], now)
+    end = parse_time(until, now) if until else int(now.timestamp() * 1000)
+    if start >= end:
+        raise ConfigError("--since must be before --until")
+    return Query(start, end, model, user)
+
+
+def percentile(ordered: Sequence[float], percent: float) -> float | None:
+    """Exact percentile with linear interpolation between ranks (numpy's default)."""
+    if not ordered:
+        return None
+    rank = (len(ordered) - 1) * percent / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def bucket(latency_ms: float) -> str:
+    for bound, name in LatencyBucket().bounds:
+        if latency_ms < bound:
+            return name
+    return LatencyBucket().last
+
+
+# Results: the same stable keys from both backends ---------------------------------------------
+def latency_result(q: Query, by_model: dict[str, list[float]], method: str) -> dict[str, Any]:
+    """From each model's sorted latencies (ms)."""
+    everything = sorted(v for values in by_model.values() for v in values)
+    counts = dict.fromkeys(BUCKETS, 0)
+    for value in everything:
+        counts[bucket(value)] += 1
+    return {
+        "question": "latency", "window": q.window(), "method": method,
+        "overall": _stats(everything),
+        "by_model": [{"model": model, **_stats(values)}
+                     for model, values in sorted(by_model.items(), key=lambda kv: -len(kv[1]))],
+        "buckets": counts,
+    }
+
+
+def _stats(ordered: Sequence[float]) -> dict[str, Any]:
+    return {"count": len(ordered),
+            **{f"p{p}": _round(percentile(ordered, p)) for p in PERCENTS}}
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def errors_result(q: Query, rows: Sequence[tuple[str | None, int, int]],
+                  top: dict[str | None, list[tuple[str, int]]]) -> dict[str, Any]:
+    """From (model, requests, errors) rows and each model's top error messages."""
+    by_model = []
+    for model, requests, errors in sorted(rows, key=lambda r: (-r[2], -r[1], str(r[0]))):
+        by_model.append({
+            "model": model, "requests": requests, "errors": errors,
+            "error_rate": round(errors / requests, 4) if requests else 0.0,
+            "top_errors": [{"message": m, "count": c} for m, c in top.get(model, [])][:TOP_ERRORS],
+        })
+    requests = sum(r[1] for r in rows)
+    errors = sum(r[2] for r in rows)
+    return {"question": "errors", "window": q.window(), "by_model": by_model,
+            "total": {"requests": requests, "errors": errors,
+                      "error_rate": round(errors / requests, 4) if requests else 0.0}}
+
+
+COST_KEYS = ("requests", "cost_usd", "computed_cost_usd", "prompt_tokens", "completion_tokens",
+             "total_tokens")
+
+
+def cost_result(q: Query, by: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """From rows with `day`, optional `key`, and the COST_KEYS sums."""
+    out = []
+    for row in rows:
+        item: dict[str, Any] = {"day": row["day"]}
+        if by != "day":
+            item[by] = row.get("key")
+        for key in COST_KEYS:
+            value = row.get(key) or 0
+            item[key] = round(float(value), 6) if key.endswith("usd") else int(value)
+        out.append(item)
+    totals = {key: round(sum(r[key] for r in out), 6) if key.endswith("usd")
+              else sum(r[key] for r in out) for key in COST_KEYS}
+    return {"question": "cost", "window": q.window(), "by": by, "rows": out, "total": totals}
+
+
+def empty(result: dict[str, Any]) -> bool:
+    question = result["question"]
+    if question == "latency":
+        return bool(result["overall"]["count"] == 0)
+    if question == "errors":
+        return bool(result["total"]["requests"] == 0)
+    return not result["rows"]
+
+
+# The Elasticsearch side: the files under elasticsearch/queries with the filters applied ------
+def es_body(question: str, q: Query, by: str = "day") -> dict[str, Any]:
+    """The Dev Tools body of `question` with this window and filters."""
+    from ingest.sink import asset_dir
+
+    path = asset_dir() / "queries" / f"{question}.json"
+    try:
+        body: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read query {path}: {exc}") from exc
+    body = copy.deepcopy(body)
+    filters: list[dict[str, Any]] = [{"range": {"@timestamp": {
+        "gte": q.since_ms, "lt": q.until_ms, "format": "epoch_millis"}}}]
+    if q.model:
+        filters.append({"term": {"model": q.model}})
+    if q.user:
+        filters.append({"term": {"user_metadata.user_id": q.user}})
+    body["query"] = {"bool": {"filter": filters}}
+    if question == "cost" and by != "day":
+        field = "model" if by == "model" else "user_metadata.user_id"
+        days = body["aggs"]["days"]
+        # Not "key": that name is taken by the day bucket's own key in the answer.
+        days["aggs"] = {"split": {"terms": {"field": field, "size": 100},
+                                  "aggs": days["aggs"]}}
+    return body
+
+
+def from_es(question: str, q: Query, response: dict[str, Any], by: str = "day") -> dict[str, Any]:
+    """An Elasticsearch answer to `es_body` in the common result shape."""
+    aggs = response.get("aggregations") or {}
+    if question == "latency":
+        return _latency_from_es(q, aggs)
+    if question == "errors":
+        rows, top = [], {}
+        for b in aggs.get("by_model", {}).get("buckets", []):
+            rows.append((b["key"], b["doc_count"], b["errors"]["doc_count"]))
+            top[b["key"]] = [(t["key"], t["doc_count"])
+                             for t in b["errors"].get("top", {}).get("buckets", [])]
+        return errors_result(q, rows, top)
+    out = []
+    for day in aggs.get("days", {}).get("buckets", []):
+        stamp = day["key_as_string"][:10] if "key_as_string" in day else iso_ms(day["key"])[:10]
+        groups = day["split"]["buckets"] if by != "day" else [day]
+        for g in groups:
+            row = {"day": stamp, "requests": g["doc_count"],
+                   **{k: g[k]["value"] for k in COST_KEYS if k != "requests"}}
+            if by != "day":
+                row["key"] = g["key"]
+            out.append(row)
+    return cost_result(q, by, out)
+
+
+def _latency_from_es(q: Query, aggs: dict[str, Any]) -> dict[str, Any]:
+    def stats(count: int, values: dict[str, Any]) -> dict[str, Any]:
+        return {"count": count, **{f"p{p}": _round(values.get(f"{float(p)}")) for p in PERCENTS}}
+
+    models = aggs.get("by_model", {}).get("buckets", [])
+    counts = dict.fromkeys(BUCKETS, 0)
+    for b in aggs.get("buckets", {}).get("buckets", []):
+        counts[b["key"]] = b["doc_count"]
+    total = sum(counts.values())
+    return {
+        "question": "latency", "window": q.window(), "method": "approximate (t-digest)",
+        "overall": stats(total, aggs.get("overall", {}).get("values", {})),
+        "by_model": [stats(b["doc_count"], b["latency"]["values"]) | {"model": b["key"]}
+                     for b in models],
+        "buckets": counts,
+    }
