@@ -9,7 +9,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
@@ -17,11 +16,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ingest.enrich import Enricher
-from ingest.errors import IngestError, SinkError, StoreError
+from ingest.errors import ConfigError, IngestError, SinkError, StoreError
 from ingest.metrics import CONTENT_TYPE, Metrics
 from ingest.prices import PriceBook
 from ingest.settings import Settings
-from ingest.shipper import Shipper
+from ingest.shipper import Shipper, Sink
 from ingest.sink import ElasticsearchSink, connection
 from ingest.store import Reader, Store
 from ingest.webhook import WebhookEndpoint, http_status
@@ -54,7 +53,7 @@ def build_store(settings: Settings, clock: Callable[[], float] = time.time) -> S
         min_free_bytes=int(settings.min_free_disk_bytes),
         retention_ms=int(settings.retention.total_seconds() * 1000),
         housekeeping_s=settings.housekeeping.total_seconds(),
-        keep_pending=settings.elasticsearch_url is not None,
+        keep_pending=settings.sink_kind() is not None,
         clock=clock,
     )
 
@@ -86,10 +85,26 @@ class StoreGauges:
         return values
 
 
+def build_sink(settings: Settings) -> Sink:
+    """The configured sink: Elasticsearch's bulk API or a Logstash http input."""
+    if settings.sink_kind() == "logstash":
+        from ingest.logstash import LogstashConnection, LogstashSink
+
+        if not settings.logstash_url:
+            raise ConfigError("INGEST_SINK=logstash needs INGEST_LOGSTASH_URL "
+                              "(for example http://logstash:8081)")
+        password = settings.logstash_password
+        return LogstashSink(LogstashConnection(
+            settings.logstash_url, settings.logstash_username,
+            password.get_secret_value() if password else None,
+            settings.elasticsearch_timeout.total_seconds()))
+    return ElasticsearchSink(connection(settings))
+
+
 def build_shipper(settings: Settings, store: Store, metrics: Metrics,
-                  clock: Callable[[], float] = time.time) -> tuple[Shipper, Reader, Any]:
+                  clock: Callable[[], float] = time.time) -> tuple[Shipper, Reader, Sink]:
     """Shipper, its read connection and its sink, from settings (the store must be open)."""
-    sink = ElasticsearchSink(connection(settings))
+    sink = build_sink(settings)
     reader = Reader(settings.data_dir)
     shipper = Shipper(
         store, reader, sink, index=settings.data_stream,
@@ -103,14 +118,14 @@ def build_shipper(settings: Settings, store: Store, metrics: Metrics,
 
 
 def start_shipping(settings: Settings, store: Store, metrics: Metrics,
-                   clock: Callable[[], float]) -> tuple[Shipper, Reader, Any, asyncio.Task[None]]:
+                   clock: Callable[[], float]) -> tuple[Shipper, Reader, Sink, asyncio.Task[None]]:
     shipper, reader, sink = build_shipper(settings, store, metrics, clock)
     task = asyncio.create_task(shipper.run(), name="shipper")
     task.add_done_callback(_shipper_ended)
     return shipper, reader, sink, task
 
 
-async def stop_shipping(shipper: Shipper, reader: Reader, sink: Any,
+async def stop_shipping(shipper: Shipper, reader: Reader, sink: Sink,
                         task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError, SinkError):
@@ -159,7 +174,7 @@ def create_app(
         gc.collect()
         gc.freeze()
         shipping = start_shipping(settings, store, metrics, clock) \
-            if settings.elasticsearch_url else None
+            if settings.sink_kind() else None
         gauges.reader, gauges.shipping = Reader(settings.data_dir), shipping is not None
         app.state.shipper = shipping[0] if shipping else None
         try:

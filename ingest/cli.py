@@ -375,8 +375,9 @@ def cmd_ship(args: argparse.Namespace) -> int:
     from ingest.metrics import Metrics
 
     settings = load(data_dir=args.data_dir)
-    if not settings.elasticsearch_url:
-        raise ConfigError("set INGEST_ELASTICSEARCH_URL (for example http://localhost:9200)")
+    if not settings.sink_kind():
+        raise ConfigError("set INGEST_ELASTICSEARCH_URL (for example http://localhost:9200) "
+                          "or INGEST_LOGSTASH_URL")
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
 

@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     ilm_rollover_max_primary_shard_size: str = Field(default="5gb",
                                                       pattern=r"^[0-9]+(b|kb|mb|gb|tb)$")
     ilm_delete_after: str = Field(default="30d", pattern=r"^[0-9]+(d|h|m|s)$")
+    sink: Literal["auto", "elasticsearch", "logstash"] = "auto"
+    logstash_url: str | None = None
+    logstash_username: str | None = None
+    logstash_password: SecretStr | None = None
     ship_batch_docs: int = Field(default=1000, ge=1, le=100_000)
     ship_batch_bytes: ByteSize = Field(default=ByteSize(5_000_000), ge=1024)
     ship_concurrency: int = Field(default=2, ge=1, le=64)
@@ -111,6 +115,13 @@ class Settings(BaseSettings):
             raise ValueError("INGEST_RETENTION must be at least INGEST_DEDUP_WINDOW: duplicates "
                              "are found among the events the store still holds")
         return self
+
+    def sink_kind(self) -> str | None:
+        """Where shipping goes: `elasticsearch`, `logstash`, or None (store only)."""
+        if self.sink == "auto":
+            return ("elasticsearch" if self.elasticsearch_url
+                    else "logstash" if self.logstash_url else None)
+        return self.sink
 
     def secrets(self) -> list[str]:
         """The configured secrets in clear; raises ConfigError when there are none."""

@@ -7,9 +7,9 @@ import heapq
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from ingest import bulk
 from ingest.bulk import DeadLetter, Pending
@@ -21,10 +21,15 @@ _MIN_BATCH_BYTES = 64 * 1024
 
 
 class Sink(Protocol):
+    """Elasticsearch's bulk API or Logstash's http input: batches in, outcomes out."""
+
     url: str
 
     async def check_version(self) -> str: ...
-    async def bulk(self, body: bytes) -> dict[str, Any]: ...
+    def chunks(self, items: Iterable[Pending], index: str, max_docs: int,
+               max_bytes: int) -> Iterator[tuple[list[Pending], bytes]]: ...
+    async def send(self, items: list[Pending], body: bytes) -> bulk.Outcome: ...
+    async def close(self) -> None: ...
 
 
 @dataclass
@@ -149,7 +154,8 @@ class Shipper:
         items = self._take()
         if not items:
             return False
-        for batch, body in bulk.chunks(items, self.index, self.batch_docs, self.batch_bytes):
+        for batch, body in self.sink.chunks(items, self.index, self.batch_docs,
+                                            self.batch_bytes):
             await self._slots.acquire()
             task = asyncio.create_task(self._send(batch, body))
             self._tasks.add(task)
@@ -191,13 +197,12 @@ class Shipper:
         self.stats.bulk_requests += 1
         outcome: bulk.Outcome | None = None
         try:
-            response = await self.sink.bulk(body)
+            outcome = await self.sink.send(items, body)
         except SinkUnavailable as exc:
             self._failed(items, exc.message)
         except SinkRefused as exc:
             await self._refused(items, exc)
         else:
-            outcome = bulk.classify(items, response)
             await self._finish(outcome)
         if self.on_bulk:
             self.on_bulk(outcome, time.monotonic() - started)

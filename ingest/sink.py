@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -17,7 +18,8 @@ import elasticsearch
 from elastic_transport import HttpxAsyncHttpNode
 from elasticsearch import AsyncElasticsearch
 
-from ingest.bulk import FILTER_PATH
+from ingest.bulk import FILTER_PATH, Outcome, Pending, classify
+from ingest.bulk import chunks as bulk_chunks
 from ingest.errors import (
     ConfigError,
     SinkError,
@@ -136,6 +138,14 @@ class ElasticsearchSink:
             raise _translate(exc, "bulk request") from None
         result: dict[str, Any] = dict(response.body)
         return result
+
+    def chunks(self, items: Iterable[Pending], index: str, max_docs: int,
+               max_bytes: int) -> Iterator[tuple[list[Pending], bytes]]:
+        return bulk_chunks(items, index, max_docs, max_bytes)
+
+    async def send(self, items: list[Pending], body: bytes) -> Outcome:
+        """One bulk request, classified item by item."""
+        return classify(items, await self.bulk(body))
 
     async def search(self, index: str, body: dict[str, Any]) -> dict[str, Any]:
         """One search request (the report queries); errors as in `bulk`."""

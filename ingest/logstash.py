@@ -1,0 +1,93 @@
+"""Logstash route: NDJSON batches to a Logstash `http` input, with the shipper's retry rules."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import httpx
+
+from ingest import bulk
+from ingest.bulk import DeadLetter, Pending
+from ingest.errors import ConfigError, SinkRefused, SinkUnavailable
+from ingest.sink import redact
+
+_RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class LogstashConnection:
+    url: str
+    username: str | None = None
+    password: str | None = None
+    timeout_s: float = 30.0
+
+
+class LogstashSink:
+    """Posts batches of documents; Logstash answers per request, so failures are per batch.
+
+    The event id travels in each document: the pipeline's elasticsearch output uses it as the
+    `_id` with `action => create`, so a re-sent batch never makes a second document.
+    """
+
+    def __init__(self, conn: LogstashConnection,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        if not conn.url.startswith(("http://", "https://")):
+            raise ConfigError(f"INGEST_LOGSTASH_URL {redact(conn.url)!r} must start with http(s)://")
+        self.url = redact(conn.url)
+        auth = (conn.username, conn.password or "") if conn.username else None
+        self.client = httpx.AsyncClient(timeout=conn.timeout_s, auth=auth, transport=transport)
+        self._post_url = conn.url
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def check_version(self) -> str:
+        return "Logstash http input"  # it has no version endpoint; the first batch tells
+
+    def chunks(self, items: Iterable[Pending], index: str, max_docs: int,
+               max_bytes: int) -> Iterator[tuple[list[Pending], bytes]]:
+        """NDJSON of the documents (raw event as event.original), bounded like bulk bodies."""
+        batch: list[Pending] = []
+        lines: list[bytes] = []
+        size = 0
+        for item in items:
+            line = bulk.source(item.doc, item.raw) + b"\n"
+            if batch and (len(batch) >= max_docs or size + len(line) > max_bytes):
+                yield batch, b"".join(lines)
+                batch, lines, size = [], [], 0
+            batch.append(item)
+            lines.append(line)
+            size += len(line)
+        if batch:
+            yield batch, b"".join(lines)
+
+    async def send(self, items: list[Pending], body: bytes) -> bulk.Outcome:
+        try:
+            response = await self.client.post(
+                self._post_url, content=body, headers={"content-type": "application/x-ndjson"})
+        except httpx.TimeoutException:
+            raise SinkUnavailable("Logstash: timed out") from None
+        except httpx.HTTPError as exc:
+            raise SinkUnavailable(f"Logstash: cannot connect ({type(exc).__name__})") from None
+        status = response.status_code
+        if 200 <= status < 300:
+            return bulk.Outcome(shipped=list(items))
+        if status in _RETRY_STATUSES:
+            raise SinkUnavailable(f"Logstash: HTTP {status}", status)
+        if status in (401, 403):
+            raise SinkRefused(f"Logstash: HTTP {status}, not authorised: check "
+                              "INGEST_LOGSTASH_USERNAME/_PASSWORD", status)
+        if status == 413:
+            raise SinkRefused(f"Logstash: HTTP 413 {response.text[:200]}", 413)
+        if len(items) > 1:
+            # Without per-item answers, halve the batch until the refused event stands alone.
+            half = len(items) // 2
+            first = await self.send(items[:half], b"".join(
+                bulk.source(i.doc, i.raw) + b"\n" for i in items[:half]))
+            second = await self.send(items[half:], b"".join(
+                bulk.source(i.doc, i.raw) + b"\n" for i in items[half:]))
+            return bulk.Outcome(shipped=first.shipped + second.shipped,
+                                dead=first.dead + second.dead)
+        return bulk.Outcome(dead=[DeadLetter(items[0], status, "logstash_rejected",
+                                             response.text[:500])])
