@@ -7,11 +7,10 @@ import json
 import re
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import elastic_transport
 import elasticsearch
@@ -37,6 +36,7 @@ SETTINGS = "holysheep-requests-settings"
 TEMPLATE = "holysheep-requests"
 MANAGED_BY = "holysheep-ingest"
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?[^/@]*@")
 _DATA_STREAM = re.compile(r"^(logs|metrics|traces)-([^-]+)-([^-]+)$")
 
 
@@ -45,9 +45,9 @@ class Connection:
     """How to reach the cluster; secrets stay in here and are never logged."""
 
     url: str
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     ca_cert: Path | None = None
     verify_certs: bool = True
     timeout_s: float = 30.0
@@ -55,12 +55,7 @@ class Connection:
 
 def redact(url: str) -> str:
     """The URL without any `user:password@` part, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=f"***@{netloc}"))
+    return _USERINFO.sub(r"\1***@", url)
 
 
 def connection(settings: Settings) -> Connection:
@@ -96,8 +91,10 @@ class ElasticsearchSink:
                 # The shipper owns retries: it retries only the failed items, with backoff.
                 max_retries=0, retry_on_timeout=False,
                 verify_certs=conn.verify_certs, **auth)
-        except ValueError as exc:
-            raise ConfigError(f"INGEST_ELASTICSEARCH_URL {self.url!r}: {exc}") from None
+        except ValueError:
+            # Not the library's text: it repeats the URL, credentials and all.
+            raise ConfigError(f"INGEST_ELASTICSEARCH_URL {self.url!r} is not a URL with scheme, "
+                              "host and port, like https://localhost:9200") from None
 
     async def close(self) -> None:
         await self.client.close()
@@ -107,8 +104,9 @@ class ElasticsearchSink:
         try:
             # Through the transport with plain JSON: the client would send its compatibility
             # header, which an older server answers with a 400 instead of its version.
-            meta, info = await self.client.transport.perform_request(
-                "GET", "/", headers={"accept": "application/json"})
+            headers = self.client._headers.copy()  # credentials included
+            headers["accept"] = "application/json"
+            meta, info = await self.client.transport.perform_request("GET", "/", headers=headers)
         except Exception as exc:
             raise _translate(exc, "reading the cluster version") from None
         if meta.status in (401, 403):

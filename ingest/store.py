@@ -439,7 +439,8 @@ def requeue_dead(seqs: Sequence[int] | None, doc: bytes | None = None) -> Op:
 def purge_dead(failed_before_ms: int | None) -> Op:
     """Op: forget dead letters (those that failed before the given time, or all)."""
     def op(conn: sqlite3.Connection) -> None:
-        cutoff = (" WHERE failed_at < ?", (failed_before_ms,)) if failed_before_ms else ("", ())
+        cutoff = (" WHERE failed_at < ?", (failed_before_ms,)) if failed_before_ms is not None \
+            else ("", ())
         seqs = [seq for (seq,) in conn.execute(f"SELECT seq FROM dead_letters{cutoff[0]}",
                                                cutoff[1])]
         for start in range(0, len(seqs), _ID_PROBE):

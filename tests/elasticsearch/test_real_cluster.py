@@ -1,0 +1,184 @@
+"""Setup and shipping against a real Elasticsearch (see conftest.py for where it comes from)."""
+
+from __future__ import annotations
+
+import random
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from ingest.enrich import Enricher, Row
+from ingest.prices import PriceBook
+from ingest.shipper import Shipper
+from ingest.sink import CLIENT_MAJOR, POLICY, ElasticsearchSink
+from ingest.store import PENDING, Reader, Store
+
+pytestmark = [pytest.mark.elasticsearch, pytest.mark.usefixtures("assets_restored")]
+
+ENRICH = Enricher.default(PriceBook(lookup=None))
+NUMBERS = ("1d", "5gb", "30d")  # the defaults: a cluster that has them installed is unchanged
+
+
+@pytest.fixture
+def stream(cluster: Any) -> Iterator[str]:
+    """A data stream name of its own (same dataset, so the same templates), deleted after."""
+    name = f"logs-holysheep.requests-t{secrets.token_hex(5)}"
+    yield name
+
+    async def delete(sink: ElasticsearchSink) -> None:
+        await sink.client.options(ignore_status=404).indices.delete_data_stream(name=name)
+
+    cluster.run(delete)
+
+
+def rows(n: int, prefix: str = "real") -> list[Row]:
+    now_ms = int(time.time() * 1000)
+    found = []
+    for i in range(n):
+        event = {"id": f"{prefix}-{i:05d}", "type": "holysheep_request", "model": "gpt-4o",
+                 "status_code": 200, "latency_ms": 10.0 + i, "timestamp": now_ms - i,
+                 "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+                 "user_metadata": {"user_id": "user_001", "trace_id": f"trace-{i}"}}
+        raw = orjson.dumps(event)
+        found.append(ENRICH.row(orjson.loads(raw), raw, now_ms))
+    return found
+
+
+class Local:
+    """A store with rows in it and a reader, in a temporary directory."""
+
+    def __init__(self, data: Path) -> None:
+        self.store = Store(data, min_free_bytes=0, keep_pending=True, housekeeping_s=3600)
+        self.store.start()
+        self.reader = Reader(data)
+
+    def shipper(self, sink: ElasticsearchSink, stream: str) -> Shipper:
+        return Shipper(self.store, self.reader, sink, index=stream, batch_docs=100,
+                       backoff_initial=0.05, backoff_max=1.0, idle_poll=0.02,
+                       rng=random.Random(3))
+
+    def close(self) -> None:
+        self.reader.close()
+        self.store.close()
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Iterator[Local]:
+    found = Local(tmp_path / "data")
+    yield found
+    found.close()
+
+
+async def setup(sink: ElasticsearchSink, stream: str) -> list[str]:
+    return await sink.setup(stream, *NUMBERS)
+
+
+async def count(sink: ElasticsearchSink, stream: str) -> int:
+    await sink.client.indices.refresh(index=stream)
+    found = await sink.client.count(index=stream)
+    return int(found["count"])
+
+
+def test_setup_is_idempotent(cluster: Any, stream: str) -> None:
+    async def scenario(sink: ElasticsearchSink) -> tuple[str, list[str], list[str]]:
+        version = await sink.check_version()
+        return version, await setup(sink, stream), await setup(sink, stream)
+
+    version, first, second = cluster.run(scenario)
+    assert int(version.split(".")[0]) == CLIENT_MAJOR
+    assert first[-1] == f"created  data stream {stream}"
+    assert len(first) == len(second) == 5
+    assert all(line.startswith("unchanged  ") for line in second), second
+    assert second[-1] == f"unchanged  data stream {stream}"
+
+
+def test_shipped_events_are_searchable(cluster: Any, stream: str, local: Local) -> None:
+    async def scenario(sink: ElasticsearchSink) -> tuple[int, dict[str, Any], Shipper]:
+        await setup(sink, stream)
+        assert all(await local.store.write(rows(120), (), 0))
+        shipper = local.shipper(sink, stream)
+        await shipper.drain(timeout=60)
+        hits = await sink.client.search(index=stream, query={"term": {"id": "real-00007"}})
+        return await count(sink, stream), hits.body, shipper
+
+    total, hits, shipper = cluster.run(scenario)
+    assert total == 120
+    assert shipper.stats.indexed == 120
+    assert local.reader.counts()["shipped"] == 120
+    [hit] = hits["hits"]["hits"]
+    assert hit["_id"] == "real-00007"
+    assert hit["_index"].startswith(f".ds-{stream}-")
+    assert orjson.loads(hit["_source"]["event"]["original"])["id"] == "real-00007"
+
+
+def test_a_resent_batch_makes_no_duplicates(cluster: Any, stream: str,
+                                            local: Local) -> None:
+    def back_to_pending(conn: sqlite3.Connection) -> None:
+        conn.execute(f"UPDATE events SET state = {PENDING}")
+
+    async def scenario(sink: ElasticsearchSink) -> tuple[int, int, Shipper]:
+        await setup(sink, stream)
+        assert all(await local.store.write(rows(40), (), 0))
+        shipper = local.shipper(sink, stream)
+        await shipper.drain(timeout=60)
+        first = await count(sink, stream)
+        await local.store.apply(back_to_pending)
+        assert local.reader.counts()["pending"] == 40
+        await shipper.drain(timeout=60)
+        return first, await count(sink, stream), shipper
+
+    first, second, shipper = cluster.run(scenario)
+    assert first == second == 40
+    assert shipper.stats.indexed == 40
+    assert shipper.stats.conflicts == 40
+    assert local.reader.counts()["shipped"] == 40
+
+
+def test_the_backing_index_has_the_ilm_policy(cluster: Any, stream: str) -> None:
+    async def scenario(sink: ElasticsearchSink) -> tuple[dict[str, Any], dict[str, Any],
+                                                          dict[str, Any]]:
+        await setup(sink, stream)
+        found = await sink.client.indices.get_data_stream(name=stream)
+        [data_stream] = found["data_streams"]
+        backing = data_stream["indices"][0]["index_name"]
+        settings = await sink.client.indices.get_settings(index=backing)
+        explained = await sink.client.ilm.explain_lifecycle(index=backing)
+        return data_stream, settings.body[backing]["settings"], explained.body
+
+    data_stream, settings, explained = cluster.run(scenario)
+    assert data_stream["ilm_policy"] == POLICY
+    assert data_stream["template"] == "holysheep-requests"
+    assert settings["index"]["lifecycle"]["name"] == POLICY
+    assert (settings["index"]["number_of_shards"], settings["index"]["number_of_replicas"]) == (
+        "1", "0")
+    [state] = explained["indices"].values()
+    assert state["managed"] is True
+    assert state["policy"] == POLICY
+
+
+def test_a_mapping_conflict_ends_in_the_dead_letters(cluster: Any, stream: str,
+                                                     local: Local) -> None:
+    good, bad = rows(2, prefix="conflict")
+    bad = bad._replace(doc=orjson.dumps({**orjson.loads(bad.doc), "latency_ms": "fast"}))
+
+    async def scenario(sink: ElasticsearchSink) -> int:
+        await setup(sink, stream)
+        assert all(await local.store.write([good, bad], (), 0))
+        await local.shipper(sink, stream).drain(timeout=60)
+        return await count(sink, stream)
+
+    assert cluster.run(scenario) == 1
+    [letter] = local.reader.dead_letters()
+    assert letter["event_id"] == "conflict-00001"
+    assert letter["status"] == 400
+    assert letter["error_type"] == "document_parsing_exception"
+    assert "latency_ms" in letter["reason"]
+    assert letter["target"] == stream
+    assert local.reader.counts() == {"pending": 0, "shipped": 1, "dead": 1, "quarantined": 0}
+
