@@ -12,6 +12,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY ingest ./ingest
 COPY elasticsearch ./elasticsearch
+COPY kibana ./kibana
 # The JSON assets are installed as data files under <venv>/share/holysheep-ingest/elasticsearch;
 # fail the build here rather than at `setup` time if they (or a dependency) went missing.
 RUN /opt/venv/bin/pip install . \

@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
         "unreachable, refuses the credentials or runs another major version than the client.")
     setup.add_argument("--dry-run", action="store_true", help="say what would change, change "
                        "nothing")
+    setup.add_argument("--kibana", action="store_true",
+                       help="also import the data view, saved searches, Lens visualisations and "
+                       "dashboard into Kibana (INGEST_KIBANA_URL; overwrite, never duplicates)")
     setup.add_argument("--wait", type=float, default=0, metavar="SECONDS",
                        help="wait up to this long for the cluster to answer (for containers)")
     setup.set_defaults(func=cmd_setup)
@@ -353,7 +356,33 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
     for line in asyncio.run(run()):
         print(line)
+    if args.kibana:
+        print(asyncio.run(_kibana(settings, args.wait)))
     return 0
+
+
+async def _kibana(settings: Any, wait: float) -> str:
+    from ingest.errors import SinkUnavailable
+    from ingest.kibana import import_saved_objects, saved_objects_path
+
+    if not settings.kibana_url:
+        raise ConfigError("--kibana needs INGEST_KIBANA_URL (for example http://localhost:5601)")
+    path = saved_objects_path()
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            password, key = settings.kibana_password, settings.kibana_api_key
+            answer = await import_saved_objects(
+                settings.kibana_url, username=settings.kibana_username,
+                password=password.get_secret_value() if password else None,
+                api_key=key.get_secret_value() if key else None,
+                ca_cert=settings.kibana_ca_cert, path=path)
+            return (f"imported {answer.get('successCount', 0)} Kibana objects from {path.name} "
+                    "(overwriting earlier copies)")
+        except SinkUnavailable:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(2)  # Kibana answers 503 while it starts; bounded by --wait
 
 
 async def _wait_for(sink: Any, seconds: float) -> str:

@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     ilm_rollover_max_primary_shard_size: str = Field(default="5gb",
                                                       pattern=r"^[0-9]+(b|kb|mb|gb|tb)$")
     ilm_delete_after: str = Field(default="30d", pattern=r"^[0-9]+(d|h|m|s)$")
+    kibana_url: str | None = None
+    kibana_username: str | None = None
+    kibana_password: SecretStr | None = None
+    kibana_api_key: SecretStr | None = None
+    kibana_ca_cert: Path | None = None
     sink: Literal["auto", "elasticsearch", "logstash"] = "auto"
     logstash_url: str | None = None
     logstash_username: str | None = None
