@@ -51,6 +51,9 @@ class Metrics:
             "ingest_bulk_failures", "Bulk requests that failed as a whole", registry=self.registry)
         self.sink_up = Gauge("ingest_sink_up", "1 while the last bulk request succeeded",
                              registry=self.registry)
+        for name in ("indexed", "conflict", "retried", "dead_lettered"):
+            # Present at 0 from the start, so increase() sees the very first dead letter.
+            self.bulk_items.labels(name)
         self.accepted = self.webhooks.labels("accepted", "")
         self.duplicate = self.webhooks.labels("duplicate", "")
         self.quarantined = self.webhooks.labels("quarantined", "")

@@ -22,7 +22,7 @@ ENV_EXAMPLE = ROOT / ".env.example"
 ASSETS = ROOT / "elasticsearch"
 PIPELINE = ROOT / "logstash" / "pipeline" / "holysheep.conf"
 
-ONE_SHOT = {"setup"}  # exits once done: no healthcheck to keep green
+ONE_SHOT = {"setup", "kibana-objects"}  # exits once done: no healthcheck to keep green
 SECRETS = ("ELASTIC_PASSWORD", "KIBANA_SYSTEM_PASSWORD", "LOGSTASH_INTERNAL_PASSWORD",
            "LOGSTASH_HTTP_PASSWORD", "INGEST_WEBHOOK_SECRET")
 REQUIRED = re.compile(r"\$\{([A-Z0-9_]+):\?([^}]*)\}")
