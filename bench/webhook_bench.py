@@ -87,9 +87,17 @@ def run_minimal(requests_file: Path, seconds: int) -> dict[str, Any]:
     return result
 
 
-def run_receiver(work: Path, requests_file: Path, seconds: int, batch: int) -> dict[str, Any]:
+def run_receiver(work: Path, requests_file: Path, seconds: int, batch: int,
+                 source: Path | None = None) -> dict[str, Any]:
     data = work / f"data-{time.monotonic_ns()}"
-    server = ReceiverProcess(data, cpu=0, env={"INGEST_LOG_LEVEL": "warning"}).start()
+    env = {"INGEST_LOG_LEVEL": "warning"}
+    python = None
+    if source is not None:
+        # -S skips the editable install's import hook, so this source tree is the one used.
+        site = next(p for p in sys.path if p.endswith("site-packages"))
+        env["PYTHONPATH"] = f"{source}:{site}"
+        python = [sys.executable, "-S"]
+    server = ReceiverProcess(data, cpu=0, env=env, python=python).start()
     try:
         result = wrk(server.webhook_url, requests_file, seconds)
         result["rss_peak_mib"] = server.rss_peak_kib() / 1024
@@ -115,6 +123,9 @@ def main() -> int:
                         help="pre-signed single-event requests per round (must exceed what "
                              "the receiver can take in --seconds)")
     parser.add_argument("--batch-requests", type=int, default=5_000)
+    parser.add_argument("--receiver-src", type=Path, action="append", default=[],
+                        help="run the receiver from this source tree instead (repeat to "
+                             "compare versions round by round: A/B/A/B...)")
     args = parser.parse_args()
     if os.cpu_count() is None or os.cpu_count() < 2:  # type: ignore[operator]
         print("needs 2 CPUs: server on CPU 0, wrk on CPU 1", file=sys.stderr)
@@ -127,11 +138,16 @@ def main() -> int:
             # Signed just before use: timestamps stay inside the 300 s tolerance.
             presign(singles, args.single_requests, 1, f"r{n}s{time.time_ns()}")
             minimal = run_minimal(singles, args.seconds)
-            presign(singles, args.single_requests, 1, f"r{n}s{time.time_ns()}")
-            single = run_receiver(work, singles, args.seconds, 1)
-            presign(batches, args.batch_requests, 100, f"r{n}b{time.time_ns()}")
-            batch = run_receiver(work, batches, max(3, args.seconds // 2), 100)
-            rounds.append({"minimal": minimal, "single": single, "batch": batch})
+            for source in args.receiver_src or [None]:
+                presign(singles, args.single_requests, 1, f"r{n}s{time.time_ns()}")
+                single = run_receiver(work, singles, args.seconds, 1, source)
+                presign(batches, args.batch_requests, 100, f"r{n}b{time.time_ns()}")
+                batch = run_receiver(work, batches, max(3, args.seconds // 2), 100, source)
+                rounds.append({"minimal": minimal, "single": single, "batch": batch,
+                               "source": str(source or "")})
+                if source is not None:
+                    print(f"  {source}: single {single['events_per_s']:.0f} ev/s, batch "
+                          f"{batch['events_per_s']:.0f} ev/s", flush=True)
             print(f"round {n + 1}: minimal {minimal['rps']:.0f} req/s, "
                   f"single {single['events_per_s']:.0f} ev/s p99 {single['p99_us'] / 1000:.1f} ms"
                   f" (non2xx {single['non2xx']}), batch {batch['events_per_s']:.0f} ev/s, "
@@ -144,6 +160,17 @@ def main() -> int:
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
     (out_dir / "webhook.json").write_text(json.dumps(rounds, indent=2))
+
+    if len(args.receiver_src) > 1:
+        print("\n| receiver source | single events/s | batch events/s | single p99 |")
+        print("|---|---|---|---|")
+        for source in args.receiver_src:
+            mine = [r for r in rounds if r["source"] == str(source)]
+            print(f"| {source.name} "
+                  f"| {statistics.median(r['single']['events_per_s'] for r in mine):,.0f} "
+                  f"| {statistics.median(r['batch']['events_per_s'] for r in mine):,.0f} "
+                  f"| {statistics.median(r['single']['p99_us'] for r in mine) / 1000:.1f} ms |")
+        return 0
 
     def med(kind: str, key: str) -> float:
         return statistics.median(r[kind][key] for r in rounds)

@@ -21,7 +21,6 @@ from ingest.metrics import CONTENT_TYPE, Metrics
 from ingest.prices import PriceBook
 from ingest.settings import Settings
 from ingest.shipper import Shipper, Sink
-from ingest.sink import ElasticsearchSink, connection
 from ingest.store import Reader, Store
 from ingest.webhook import WebhookEndpoint, http_status
 
@@ -98,6 +97,9 @@ def build_sink(settings: Settings) -> Sink:
             settings.logstash_url, settings.logstash_username,
             password.get_secret_value() if password else None,
             settings.elasticsearch_timeout.total_seconds()))
+    # Imported here: the client library costs ~17 MB, paid only when shipping to it.
+    from ingest.sink import ElasticsearchSink, connection
+
     return ElasticsearchSink(connection(settings))
 
 

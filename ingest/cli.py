@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--text", help="substring of error.message, case-insensitive")
     search.add_argument("--limit", type=_positive, default=20, help="at most this many (20)")
     search.add_argument("--json", action="store_true", help="JSON lines of stored documents")
+    search.add_argument("--backend", choices=["auto", "store", "elasticsearch"], default="auto",
+                        help="auto: Elasticsearch when INGEST_ELASTICSEARCH_URL is set")
     search.add_argument("--data-dir", type=Path, help="store directory (INGEST_DATA_DIR)")
     search.set_defaults(func=cmd_search)
 
@@ -276,6 +278,19 @@ def webhook_url(url: str) -> str:
     return url
 
 
+async def _search_es(settings: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+    from ingest import reports
+    from ingest.sink import ElasticsearchSink, connection
+
+    sink = ElasticsearchSink(connection(settings))
+    try:
+        body = reports.search_body(args.event_id, args.user, args.trace, args.text, args.limit)
+        answer = await sink.search(settings.data_stream, body)
+    finally:
+        await sink.close()
+    return [hit["_source"] for hit in answer.get("hits", {}).get("hits", [])]
+
+
 def _reader(data_dir: Path | None) -> Reader:
     from ingest.store import Reader
 
@@ -283,12 +298,17 @@ def _reader(data_dir: Path | None) -> Reader:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    reader = _reader(args.data_dir)
-    try:
-        docs = reader.search(event_id=args.event_id, user=args.user, trace=args.trace,
-                             text=args.text, limit=args.limit)
-    finally:
-        reader.close()
+    settings = load(data_dir=args.data_dir)
+    if args.backend == "elasticsearch" or (
+            args.backend == "auto" and settings.elasticsearch_url is not None):
+        docs = asyncio.run(_search_es(settings, args))
+    else:
+        reader = _reader(args.data_dir)
+        try:
+            docs = reader.search(event_id=args.event_id, user=args.user, trace=args.trace,
+                                 text=args.text, limit=args.limit)
+        finally:
+            reader.close()
     if not docs:
         print("no stored event matches", file=sys.stderr)
         return 1

@@ -215,3 +215,16 @@ def _latency_from_es(q: Query, aggs: dict[str, Any]) -> dict[str, Any]:
                      for b in models],
         "buckets": counts,
     }
+
+
+def search_body(event_id: str | None, user: str | None, trace: str | None, text: str | None,
+                limit: int) -> dict[str, Any]:
+    """The Elasticsearch side of `search`: every filter given must match, newest first."""
+    filters: list[dict[str, Any]] = []
+    for field, value in (("id", event_id), ("user_metadata.user_id", user),
+                         ("user_metadata.trace_id", trace)):
+        if value is not None:
+            filters.append({"term": {field: value}})
+    must = [{"match_phrase": {"error.message": text}}] if text else []
+    return {"size": limit, "sort": [{"@timestamp": "desc"}],
+            "query": {"bool": {"filter": filters, "must": must}}}

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -43,7 +43,7 @@ class ReceiverProcess:
 
     def __init__(self, data_dir: Path, env: Mapping[str, str] | None = None,
                  secret: str = SECRET, port: int | None = None,
-                 cpu: int | None = None) -> None:
+                 cpu: int | None = None, python: Sequence[str] | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -52,11 +52,12 @@ class ReceiverProcess:
                     "INGEST_MIN_FREE_DISK_BYTES": "0", "INGEST_LOG_LEVEL": "warning",
                     **(env or {})}
         self.cpu = cpu
+        self.python = list(python or [sys.executable])  # another source tree: [exe, "-S"]
         self.log_path = self.data_dir.parent / f"receiver-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> ReceiverProcess:
-        cmd = [sys.executable, "-m", "ingest", "serve", "--host", "127.0.0.1",
+        cmd = [*self.python, "-m", "ingest", "serve", "--host", "127.0.0.1",
                "--port", str(self.port), "--data-dir", str(self.data_dir)]
         if self.cpu is not None:
             cmd = ["taskset", "-c", str(self.cpu), *cmd]

@@ -182,3 +182,41 @@ def test_a_mapping_conflict_ends_in_the_dead_letters(cluster: Any, stream: str,
     assert letter["target"] == stream
     assert local.reader.counts() == {"pending": 0, "shipped": 1, "dead": 1, "quarantined": 0}
 
+
+
+def test_reports_and_search_agree_with_the_store(cluster: Any, stream: str,
+                                                 local: Local) -> None:
+    """Same questions, both backends: exact from the store, t-digest from Elasticsearch."""
+    from ingest import reports
+
+    now_ms = int(time.time() * 1000)
+    window = reports.Query(now_ms - 3_600_000, now_ms + 60_000)
+
+    async def scenario(sink: ElasticsearchSink) -> dict[str, Any]:
+        await setup(sink, stream)
+        assert all(await local.store.write(rows(200, "rep"), (), 0))
+        await local.shipper(sink, stream).drain(timeout=60)
+        await sink.client.indices.refresh(index=stream)
+        found = {q: reports.from_es(q, window, await sink.search(
+            stream, reports.es_body(q, window))) for q in ("latency", "errors", "cost")}
+        hits = await sink.search(stream, reports.search_body(None, "user_001", "trace-7",
+                                                             None, 5))
+        found["search"] = [h["_source"]["id"] for h in hits["hits"]["hits"]]
+        return found
+
+    es = cluster.run(scenario)
+    reader = local.reader
+    store_latency = reports.latency_result(window, reader.latencies(window), "exact")
+    assert es["latency"]["overall"]["count"] == store_latency["overall"]["count"] == 200
+    for p in ("p50", "p90", "p95", "p99"):
+        # latencies 10..209 ms: t-digest on 200 values is within 1 % of the exact answer
+        assert es["latency"]["overall"][p] == pytest.approx(
+            store_latency["overall"][p], rel=0.01), p
+    store_errors = reports.errors_result(window, reader.error_counts(window),
+                                         reader.top_errors(window, 3))
+    assert es["errors"]["total"] == store_errors["total"]
+    store_cost = reports.cost_result(window, "day", reader.cost(window, "day"))
+    assert [r["requests"] for r in es["cost"]["rows"]] == [
+        r["requests"] for r in store_cost["rows"]]
+    assert es["cost"]["total"]["total_tokens"] == store_cost["total"]["total_tokens"] == 3000
+    assert es["search"] == ["rep-00007"]

@@ -202,3 +202,14 @@ def test_the_elasticsearch_side_answers_in_the_same_shape() -> None:
                              "cost_usd": 0.04, "computed_cost_usd": 0.008,
                              "prompt_tokens": 4000, "completion_tokens": 2000,
                              "total_tokens": 6000}]
+
+
+def test_search_body_filters_and_orders() -> None:
+    body = reports.search_body("e1", "u1", "t1", "rate limit", 5)
+    assert body["size"] == 5 and body["sort"] == [{"@timestamp": "desc"}]
+    assert body["query"]["bool"]["filter"] == [
+        {"term": {"id": "e1"}}, {"term": {"user_metadata.user_id": "u1"}},
+        {"term": {"user_metadata.trace_id": "t1"}}]
+    assert body["query"]["bool"]["must"] == [{"match_phrase": {"error.message": "rate limit"}}]
+    assert reports.search_body(None, None, None, None, 20)["query"]["bool"] == {
+        "filter": [], "must": []}
