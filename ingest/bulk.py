@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,12 +71,18 @@ def action(item: Pending, index: str) -> bytes:
 
 def chunks(items: Iterable[Pending], index: str, max_docs: int,
            max_bytes: int) -> Iterator[tuple[list[Pending], bytes]]:
-    """Requests of at most `max_docs` actions and about `max_bytes` (one oversized doc alone)."""
+    """Bulk bodies of at most `max_docs` actions and about `max_bytes` (one oversized doc alone)."""
+    return batches(items, lambda item: action(item, index), max_docs, max_bytes)
+
+
+def batches(items: Iterable[Pending], encode: Callable[[Pending], bytes], max_docs: int,
+            max_bytes: int) -> Iterator[tuple[list[Pending], bytes]]:
+    """Bodies of encoded items, bounded by count and bytes: for any sink's wire format."""
     batch: list[Pending] = []
     body: list[bytes] = []
     size = 0
     for item in items:
-        line = action(item, index)
+        line = encode(item)
         if batch and (len(batch) >= max_docs or size + len(line) > max_bytes):
             yield batch, b"".join(body)
             batch, body, size = [], [], 0

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -342,14 +342,16 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         items = reader.quarantined(args.limit)
     finally:
         reader.close()
+    return _listing(items, args.json, "quarantine is empty",
+                    lambda item: f"#{item['id']} {item['reason']}\n    {item['raw'][:300]}")
+
+
+def _listing(items: list[dict[str, Any]], as_json: bool, empty: str,
+             line: Callable[[dict[str, Any]], str]) -> int:
     if not items:
-        print("quarantine is empty", file=sys.stderr)
-        return 0
+        print(empty, file=sys.stderr)
     for item in items:
-        if args.json:
-            print(orjson.dumps(item).decode())
-        else:
-            print(f"#{item['id']} {item['reason']}\n    {item['raw'][:300]}")
+        print(orjson.dumps(item).decode() if as_json else line(item))
     return 0
 
 
@@ -454,16 +456,9 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
         letters = reader.dead_letters(args.limit)
     finally:
         reader.close()
-    if not letters:
-        print("no dead letters", file=sys.stderr)
-        return 0
-    for letter in letters:
-        if args.json:
-            print(orjson.dumps(letter).decode())
-        else:
-            print(f"#{letter['seq']} {letter['event_id']} HTTP {letter['status']} "
-                  f"{letter['error_type']}: {letter['reason'][:200]}")
-    return 0
+    return _listing(letters, args.json, "no dead letters",
+                    lambda d: f"#{d['seq']} {d['event_id']} HTTP {d['status']} "
+                              f"{d['error_type']}: {d['reason'][:200]}")
 
 
 def cmd_dlq_show(args: argparse.Namespace) -> int:

@@ -48,19 +48,7 @@ class LogstashSink:
     def chunks(self, items: Iterable[Pending], index: str, max_docs: int,
                max_bytes: int) -> Iterator[tuple[list[Pending], bytes]]:
         """NDJSON of the documents (raw event as event.original), bounded like bulk bodies."""
-        batch: list[Pending] = []
-        lines: list[bytes] = []
-        size = 0
-        for item in items:
-            line = bulk.source(item.doc, item.raw) + b"\n"
-            if batch and (len(batch) >= max_docs or size + len(line) > max_bytes):
-                yield batch, b"".join(lines)
-                batch, lines, size = [], [], 0
-            batch.append(item)
-            lines.append(line)
-            size += len(line)
-        if batch:
-            yield batch, b"".join(lines)
+        return bulk.batches(items, _line, max_docs, max_bytes)
 
     async def send(self, items: list[Pending], body: bytes) -> bulk.Outcome:
         try:
@@ -83,11 +71,13 @@ class LogstashSink:
         if len(items) > 1:
             # Without per-item answers, halve the batch until the refused event stands alone.
             half = len(items) // 2
-            first = await self.send(items[:half], b"".join(
-                bulk.source(i.doc, i.raw) + b"\n" for i in items[:half]))
-            second = await self.send(items[half:], b"".join(
-                bulk.source(i.doc, i.raw) + b"\n" for i in items[half:]))
+            first = await self.send(items[:half], b"".join(map(_line, items[:half])))
+            second = await self.send(items[half:], b"".join(map(_line, items[half:])))
             return bulk.Outcome(shipped=first.shipped + second.shipped,
                                 dead=first.dead + second.dead)
         return bulk.Outcome(dead=[DeadLetter(items[0], status, "logstash_rejected",
                                              response.text[:500])])
+
+
+def _line(item: Pending) -> bytes:
+    return bulk.source(item.doc, item.raw) + b"\n"

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -36,6 +36,32 @@ def signed(body: bytes | dict[str, Any] | list[Any], secret: str = SECRET,
     headers = {"Content-Type": content_type,
                **signed_headers(secret, raw, int(time.time()) if timestamp is None else timestamp)}
     return raw, headers
+
+
+def wait_until(check: Callable[[], bool], seconds: float, what: str) -> None:
+    """Poll `check` until it holds; AssertionError naming `what` after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)  # polling another process or thread, bounded by the deadline
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def docker_reachable() -> bool:
+    """A quick ping of the Docker daemon (a few seconds at most, never the 60 s default)."""
+    try:
+        import docker  # type: ignore[import-untyped]
+    except ImportError:
+        return False
+    try:
+        client = docker.from_env(timeout=3)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:  # docker.errors.DockerException, a refused or missing socket, a timeout
+        return False
 
 
 class ReceiverProcess:

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import pytest
 
 from ingest.sink import MAPPINGS, POLICY, SETTINGS, TEMPLATE, Connection, ElasticsearchSink
+from ingest.testing import docker_reachable
 
 IMAGE = "docker.elastic.co/elasticsearch/elasticsearch:9.1.5"
 NO_CLUSTER = ("no Docker daemon and INGEST_TEST_ELASTICSEARCH_URL not set: "
@@ -60,20 +61,6 @@ class Cluster:
         return asyncio.run(asyncio.wait_for(scenario(), timeout))
 
 
-def _docker_reachable() -> bool:
-    """A quick ping of the Docker daemon (a few seconds at most, never the 60 s default)."""
-    try:
-        import docker  # type: ignore[import-untyped]
-    except ImportError:
-        return False
-    try:
-        client = docker.from_env(timeout=3)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except Exception:  # docker.errors.DockerException, a refused or missing socket, a timeout
-        return False
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +71,7 @@ def cluster() -> Iterator[Cluster]:
         yield Cluster(url, os.environ.get(ENV + "USERNAME"), os.environ.get(ENV + "PASSWORD"),
                       os.environ.get(ENV + "API_KEY"), Path(ca) if ca else None)
         return
-    if not _docker_reachable():
+    if not docker_reachable():
         pytest.skip(NO_CLUSTER)
     from docker.errors import DockerException  # type: ignore[import-untyped]
     from testcontainers.community.elasticsearch import ElasticSearchContainer

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import base64
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import pytest
 from ingest.sample import sample_events
 from ingest.sender import request_for
 from ingest.store import Reader
-from ingest.testing import SECRET, ReceiverProcess
+from ingest.testing import SECRET, ReceiverProcess, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -79,13 +78,6 @@ def logstash() -> Iterator[FakeHttpInput]:
     fake.server.shutdown()
 
 
-def wait_until(check: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)  # polling an outside process, bounded by the deadline
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def counts(data: Path) -> dict[str, int]:

@@ -6,8 +6,7 @@ The server is ingest.faults.FaultBulkServer: a test tool for retry logic, not an
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,7 +16,7 @@ from ingest.faults import FaultBulkServer
 from ingest.sample import sample_events
 from ingest.sender import request_for
 from ingest.store import Reader
-from ingest.testing import SECRET, ReceiverProcess
+from ingest.testing import SECRET, ReceiverProcess, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -47,13 +46,6 @@ def post(url: str, events: list[dict[str, object]]) -> httpx.Response:
     return httpx.post(url, content=body, headers=headers, timeout=10)
 
 
-def wait_until(check: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)  # polling an outside process, bounded by the deadline
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def counts(data: Path) -> dict[str, int]:

@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from ingest.kibana import import_saved_objects, saved_objects_path
+from ingest.testing import docker_reachable
 
 pytestmark = pytest.mark.elasticsearch
 
@@ -61,20 +62,6 @@ class Kibana:
                             verify=str(self.ca_cert) if self.ca_cert else True, timeout=60)
 
 
-def _docker_reachable() -> bool:
-    """A quick ping of the Docker daemon (a few seconds at most, never the 60 s default)."""
-    try:
-        import docker
-    except ImportError:
-        return False
-    try:
-        client = docker.from_env(timeout=3)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except Exception:  # docker.errors.DockerException, a refused or missing socket, a timeout
-        return False
 
 
 def _wait_until_available(url: str, seconds: float) -> None:
@@ -103,7 +90,7 @@ def kibana() -> Iterator[Kibana]:
         yield Kibana(url, os.environ.get(ENV + "USERNAME"), os.environ.get(ENV + "PASSWORD"),
                      os.environ.get(ENV + "API_KEY"), Path(ca) if ca else None)
         return
-    if not _docker_reachable():
+    if not docker_reachable():
         pytest.skip(NO_KIBANA)
     from docker.errors import DockerException
     from testcontainers.community.elasticsearch import ElasticSearchContainer
