@@ -1,4 +1,4 @@
-"""The `holysheep-ingest` command: serve, send, search, quarantine, setup, ship, dlq."""
+"""The `holysheep-ingest` command: its parser, and serve, send, search, quarantine."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,17 +45,6 @@ settings (environment):
 endpoints: POST /webhooks/holysheep, GET /healthz, GET /readyz, GET /metrics"""
 
 
-REPORT_HELP = """\
-The questions, answered the same way from the embedded store or from Elasticsearch:
-  latency   p50/p90/p95/p99 overall and per model, and the latency-bucket split.
-            The store computes exact percentiles (linear interpolation between ranks);
-            Elasticsearch's are approximate (t-digest, typically within 1 % for these sizes).
-  errors    per model: requests, errors (status >= 400), error rate, top error messages.
-  cost      per UTC day (--by model|user to split): relay-reported and computed cost,
-            prompt/completion/total tokens, requests.
-An empty window says so (exit 1) instead of printing zeros."""
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -77,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ingest import cli_ops as ops
+
     parser = argparse.ArgumentParser(
         prog="holysheep-ingest", description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -128,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser(
         "report", help="answers: latency percentiles, error rates, cost and tokens",
-        description=REPORT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=ops.REPORT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     report.add_argument("question", choices=["latency", "errors", "cost"])
     report.add_argument("--since", help="relative (30m, 24h, 7d) or ISO 8601; default 24h for "
                         "latency, 1h for errors, 7d for cost")
@@ -141,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto: Elasticsearch when INGEST_ELASTICSEARCH_URL is set")
     report.add_argument("--json", action="store_true", help="machine-readable, stable keys")
     report.add_argument("--data-dir", type=Path, help="store directory (INGEST_DATA_DIR)")
-    report.set_defaults(func=cmd_report)
+    report.set_defaults(func=ops.cmd_report)
 
     setup = sub.add_parser(
         "setup", help="install the ILM policy, templates and data stream in Elasticsearch",
@@ -154,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "dashboard into Kibana (INGEST_KIBANA_URL; overwrite, never duplicates)")
     setup.add_argument("--wait", type=float, default=0, metavar="SECONDS",
                        help="wait up to this long for the cluster to answer (for containers)")
-    setup.set_defaults(func=cmd_setup)
+    setup.set_defaults(func=ops.cmd_setup)
 
     ship = sub.add_parser(
         "ship", help="ship pending events to Elasticsearch (serve does this when a URL is set)",
@@ -162,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         "INGEST_ELASTICSEARCH_URL. Bulk create with the event id as _id: never a duplicate.")
     ship.add_argument("--once", action="store_true", help="exit when nothing is pending")
     ship.add_argument("--data-dir", type=Path, help="store directory (INGEST_DATA_DIR)")
-    ship.set_defaults(func=cmd_ship)
+    ship.set_defaults(func=ops.cmd_ship)
 
     dlq = sub.add_parser(
         "dlq", help="events Elasticsearch refused for good: list, show, replay, purge",
@@ -172,22 +162,22 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_list = dlq_sub.add_parser("list", help="newest first")
     dlq_list.add_argument("--limit", type=_positive, default=20)
     dlq_list.add_argument("--json", action="store_true", help="JSON lines")
-    dlq_list.set_defaults(func=cmd_dlq_list)
+    dlq_list.set_defaults(func=ops.cmd_dlq_list)
     dlq_show = dlq_sub.add_parser("show", help="one dead letter with its document and raw event")
     dlq_show.add_argument("seq", type=int)
-    dlq_show.set_defaults(func=cmd_dlq_show)
+    dlq_show.set_defaults(func=ops.cmd_dlq_show)
     dlq_replay = dlq_sub.add_parser("replay", help="make dead letters pending again")
     target = dlq_replay.add_mutually_exclusive_group(required=True)
     target.add_argument("seq", type=int, nargs="?", help="one dead letter")
     target.add_argument("--all", action="store_true", help="every dead letter")
     dlq_replay.add_argument("--doc", type=Path, help="replace the document (JSON file) first; "
                             "with one SEQ only")
-    dlq_replay.set_defaults(func=cmd_dlq_replay)
+    dlq_replay.set_defaults(func=ops.cmd_dlq_replay)
     dlq_purge = dlq_sub.add_parser("purge", help="delete dead letters for good")
     age = dlq_purge.add_mutually_exclusive_group(required=True)
     age.add_argument("--older-than", metavar="DURATION", help="failed longer ago than this (7d)")
     age.add_argument("--all", action="store_true")
-    dlq_purge.set_defaults(func=cmd_dlq_purge)
+    dlq_purge.set_defaults(func=ops.cmd_dlq_purge)
     for action in (dlq_list, dlq_show, dlq_replay, dlq_purge):
         action.add_argument("--data-dir", type=Path, help="store directory (INGEST_DATA_DIR)")
 
@@ -357,234 +347,3 @@ def _listing(items: list[dict[str, Any]], as_json: bool, empty: str,
 
 def _num(value: Any) -> str:
     return "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def cmd_setup(args: argparse.Namespace) -> int:
-    from ingest.sink import ElasticsearchSink, connection
-
-    settings = load()
-    sink = ElasticsearchSink(connection(settings))
-
-    async def run() -> list[str]:
-        try:
-            version = await _wait_for(sink, args.wait)
-            print(f"Elasticsearch {version} at {sink.url}")
-            return await sink.setup(
-                settings.data_stream, settings.ilm_rollover_max_age,
-                settings.ilm_rollover_max_primary_shard_size, settings.ilm_delete_after,
-                dry_run=args.dry_run)
-        finally:
-            await sink.close()
-
-    for line in asyncio.run(run()):
-        print(line)
-    if args.kibana:
-        print(asyncio.run(_kibana(settings, args.wait)))
-    return 0
-
-
-async def _kibana(settings: Any, wait: float) -> str:
-    from ingest.errors import SinkUnavailable
-    from ingest.kibana import import_saved_objects, saved_objects_path
-
-    if not settings.kibana_url:
-        raise ConfigError("--kibana needs INGEST_KIBANA_URL (for example http://localhost:5601)")
-    path = saved_objects_path()
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            password, key = settings.kibana_password, settings.kibana_api_key
-            answer = await import_saved_objects(
-                settings.kibana_url, username=settings.kibana_username,
-                password=password.get_secret_value() if password else None,
-                api_key=key.get_secret_value() if key else None,
-                ca_cert=settings.kibana_ca_cert, path=path)
-            return (f"imported {answer.get('successCount', 0)} Kibana objects from {path.name} "
-                    "(overwriting earlier copies)")
-        except SinkUnavailable:
-            if time.monotonic() >= deadline:
-                raise
-            await asyncio.sleep(2)  # Kibana answers 503 while it starts; bounded by --wait
-
-
-async def _wait_for(sink: Any, seconds: float) -> str:
-    from ingest.errors import SinkUnavailable
-
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            version: str = await sink.check_version()
-            return version
-        except SinkUnavailable:
-            if time.monotonic() >= deadline:
-                raise
-            await asyncio.sleep(2)  # waiting for a cluster that is starting, bounded by --wait
-
-
-def cmd_ship(args: argparse.Namespace) -> int:
-    from ingest.app import build_shipper, build_store
-    from ingest.metrics import Metrics
-
-    settings = load(data_dir=args.data_dir)
-    if not settings.sink_kind():
-        raise ConfigError("set INGEST_ELASTICSEARCH_URL (for example http://localhost:9200) "
-                          "or INGEST_LOGSTASH_URL")
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-
-    async def run() -> None:
-        store = build_store(settings)
-        store.start()
-        shipper, reader, sink = build_shipper(settings, store, Metrics())
-        try:
-            await (shipper.drain() if args.once else shipper.run())
-        finally:
-            await sink.close()
-            reader.close()
-            store.close()
-        stats = shipper.stats
-        print(f"indexed {stats.indexed}, already there {stats.conflicts}, "
-              f"dead letters {stats.dead_lettered}")
-
-    asyncio.run(run())
-    return 0
-
-
-def cmd_dlq_list(args: argparse.Namespace) -> int:
-    reader = _reader(args.data_dir)
-    try:
-        letters = reader.dead_letters(args.limit)
-    finally:
-        reader.close()
-    return _listing(letters, args.json, "no dead letters",
-                    lambda d: f"#{d['seq']} {d['event_id']} HTTP {d['status']} "
-                              f"{d['error_type']}: {d['reason'][:200]}")
-
-
-def cmd_dlq_show(args: argparse.Namespace) -> int:
-    reader = _reader(args.data_dir)
-    try:
-        letter = reader.dead_letter(args.seq)
-    finally:
-        reader.close()
-    if letter is None:
-        print(f"no dead letter #{args.seq}", file=sys.stderr)
-        return 1
-    sys.stdout.buffer.write(orjson.dumps(letter, option=orjson.OPT_INDENT_2) + b"\n")
-    return 0
-
-
-def cmd_dlq_replay(args: argparse.Namespace) -> int:
-    from ingest.store import requeue_dead
-
-    doc = None
-    if args.doc is not None:
-        if args.all:
-            raise ConfigError("--doc replaces one document: give one SEQ, not --all")
-        try:
-            parsed = orjson.loads(args.doc.read_bytes())
-        except (OSError, orjson.JSONDecodeError) as exc:
-            raise ConfigError(f"--doc {args.doc}: {exc}") from None
-        if not isinstance(parsed, dict):
-            raise ConfigError(f"--doc {args.doc}: the document must be a JSON object")
-        doc = orjson.dumps(parsed)
-    before = _dead_count(args.data_dir)
-    _apply(args.data_dir, requeue_dead(None if args.all else [args.seq], doc))
-    moved = before - _dead_count(args.data_dir)
-    print(f"{moved} dead letter(s) pending again; the shipper sends them next")
-    return 0 if moved else 1
-
-
-def cmd_dlq_purge(args: argparse.Namespace) -> int:
-    from ingest.settings import parse_duration
-    from ingest.store import purge_dead
-
-    cutoff = None
-    if args.older_than:
-        try:
-            age = parse_duration(args.older_than)
-        except ValueError as exc:
-            raise ConfigError(f"--older-than: {exc}") from None
-        cutoff = int((time.time() - age.total_seconds()) * 1000)
-    before = _dead_count(args.data_dir)
-    _apply(args.data_dir, purge_dead(cutoff))
-    print(f"{before - _dead_count(args.data_dir)} dead letter(s) deleted")
-    return 0
-
-
-def _dead_count(data_dir: Path | None) -> int:
-    reader = _reader(data_dir)
-    try:
-        return reader.counts()["dead"]
-    finally:
-        reader.close()
-
-
-def _apply(data_dir: Path | None, op: Any) -> None:
-    from ingest.app import build_store
-
-    async def run() -> None:
-        store = build_store(load(data_dir=data_dir))
-        store.start()
-        try:
-            await store.apply(op)
-        finally:
-            store.close()
-
-    asyncio.run(run())
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime
-
-    from ingest import reports
-
-    settings = load(data_dir=args.data_dir)
-    q = reports.query(args.question, args.since, args.until, args.model, args.user,
-                      datetime.now(UTC))
-    use_es = args.backend == "elasticsearch" or (
-        args.backend == "auto" and settings.elasticsearch_url is not None)
-    if use_es:
-        result = asyncio.run(_report_es(settings, args.question, q, args.by))
-    else:
-        reader = _reader(args.data_dir)
-        try:
-            result = _report_store(reader, args.question, q, args.by)
-        finally:
-            reader.close()
-    if args.json:
-        sys.stdout.buffer.write(orjson.dumps(result) + b"\n")
-        return 0
-    if reports.empty(result):
-        window = result["window"]
-        print(f"no events between {window['since']} and {window['until']}"
-              + (f" for model {args.model}" if args.model else "")
-              + (f" for user {args.user}" if args.user else ""), file=sys.stderr)
-        return 1
-    from ingest.render import render
-
-    render(result)
-    return 0
-
-
-def _report_store(reader: Reader, question: str, q: Any, by: str) -> dict[str, Any]:
-    from ingest import reports
-
-    if question == "latency":
-        return reports.latency_result(q, reader.latencies(q), "exact")
-    if question == "errors":
-        return reports.errors_result(q, reader.error_counts(q),
-                                     reader.top_errors(q, reports.TOP_ERRORS))
-    return reports.cost_result(q, by, reader.cost(q, by))
-
-
-async def _report_es(settings: Any, question: str, q: Any, by: str) -> dict[str, Any]:
-    from ingest import reports
-    from ingest.sink import ElasticsearchSink, connection
-
-    sink = ElasticsearchSink(connection(settings))
-    try:
-        response = await sink.search(settings.data_stream, reports.es_body(question, q, by))
-    finally:
-        await sink.close()
-    return reports.from_es(question, q, response, by)

@@ -1,0 +1,184 @@
+"""Read-only queries: search, the shipper's lease, dead letters, counts and the reports."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ingest.bulk import Pending
+from ingest.errors import StoreUnavailable
+from ingest.reports import Query
+from ingest.store.schema import DB_NAME, PENDING, STATES
+
+
+def _casefold(value: str | None) -> str | None:
+    return None if value is None else value.casefold()
+
+
+class Reader:
+    """Read-only queries over the store; safe beside a running writer (WAL)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        path = Path(data_dir) / DB_NAME
+        if not path.exists():
+            raise StoreUnavailable(f"no store at {path}: has the receiver run with this data dir?")
+        try:
+            self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            self._conn.execute("PRAGMA busy_timeout=5000")
+            self._conn.create_function("casefold", 1, _casefold, deterministic=True)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open the store at {path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def search(self, *, event_id: str | None = None, user: str | None = None,
+               trace: str | None = None, text: str | None = None,
+               limit: int = 20) -> list[dict[str, Any]]:
+        """Newest first; every given filter must match; text is a case-insensitive substring."""
+        where, args = [], []
+        for column, value in (("event_id", event_id), ("user_id", user), ("trace_id", trace)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if text:
+            # SQLite's LIKE folds only ASCII case; error texts come in every language.
+            where.append("instr(casefold(error_message), ?) > 0")
+            args.append(text.casefold())
+        sql = "SELECT doc, state FROM events"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY ts DESC, seq DESC LIMIT ?"
+        return [self._doc(doc, state) for doc, state in self._query(sql, [*args, limit])]
+
+    def pending(self, after_seq: int, limit: int) -> list[Pending]:
+        """Pending events after `after_seq`, oldest first (the shipper's lease)."""
+        rows = self._query(f"SELECT seq, event_id, doc, raw FROM events WHERE seq > ? AND "
+                           f"state = {PENDING} ORDER BY seq LIMIT ?", [after_seq, limit])
+        return [Pending(seq, event_id, doc, raw) for seq, event_id, doc, raw in rows]
+
+    def first_pending(self) -> int | None:
+        found: int | None = self._query(
+            f"SELECT min(seq) FROM events WHERE state = {PENDING}", [])[0][0]
+        return found
+
+    def state_counts(self) -> dict[str, int]:
+        """Events by shipping state without a full scan: pending through its partial index,
+        dead from the dead-letter table, shipped as what the sequence range holds besides."""
+        pending = self._query(f"SELECT count(*) FROM events WHERE state = {PENDING}", [])[0][0]
+        dead = self._query("SELECT count(*) FROM dead_letters", [])[0][0]
+        low, high = self._query("SELECT min(seq), max(seq) FROM events", [])[0]
+        held = 0 if low is None else high - low + 1
+        return {"pending": pending, "shipped": max(0, held - pending - dead), "dead": dead}
+
+    def oldest_pending_ms(self) -> int | None:
+        """Receive time of the oldest event not shipped yet (the shipping lag)."""
+        rows = self._query(f"SELECT received_at FROM events WHERE state = {PENDING} "
+                           "ORDER BY seq LIMIT 1", [])
+        return rows[0][0] if rows else None
+
+    def dead_letters(self, limit: int = 20) -> list[dict[str, Any]]:
+        rows = self._query("SELECT seq, event_id, failed_at, status, error_type, reason, target "
+                           "FROM dead_letters ORDER BY seq DESC LIMIT ?", [limit])
+        keys = ("seq", "event_id", "failed_at", "status", "error_type", "reason", "target")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def dead_letter(self, seq: int) -> dict[str, Any] | None:
+        rows = self._query("SELECT d.seq, d.event_id, d.failed_at, d.status, d.error_type, "
+                           "d.reason, d.target, e.doc, e.raw FROM dead_letters d JOIN events e "
+                           "ON e.seq = d.seq WHERE d.seq = ?", [seq])
+        if not rows:
+            return None
+        keys = ("seq", "event_id", "failed_at", "status", "error_type", "reason", "target")
+        found = dict(zip(keys, rows[0][:7], strict=True))
+        found["doc"] = orjson.loads(rows[0][7])
+        found["raw"] = rows[0][8].decode("utf-8", "replace")
+        return found
+
+    # Report queries (ingest.reports shapes the answers) ------------------------------------
+    def _where(self, q: Query, extra: str = "") -> tuple[str, list[Any]]:
+        where = ["ts >= ?", "ts < ?"]
+        args: list[Any] = [q.since_ms, q.until_ms]
+        if q.model is not None:
+            where.append("model = ?")
+            args.append(q.model)
+        if q.user is not None:
+            where.append("user_id = ?")
+            args.append(q.user)
+        if extra:
+            where.append(extra)
+        return " WHERE " + " AND ".join(where), args
+
+    def latencies(self, q: Query) -> dict[str, list[float]]:
+        """Each model's latencies in the window, sorted (SQLite sorts; exact percentiles)."""
+        where, args = self._where(q, "latency_ms IS NOT NULL")
+        found: dict[str, list[float]] = {}
+        for model, values in self._query(
+                f"SELECT coalesce(model, '(none)'), json_group_array(latency_ms) FROM "
+                f"(SELECT model, latency_ms FROM events{where} ORDER BY latency_ms) "
+                "GROUP BY 1", args):
+            found[model] = orjson.loads(values)
+        return found
+
+    def error_counts(self, q: Query) -> list[tuple[str | None, int, int]]:
+        where, args = self._where(q)
+        return [tuple(row) for row in self._query(
+            f"SELECT model, count(*), count(*) FILTER (WHERE status_code >= 400) FROM events"
+            f"{where} GROUP BY model", args)]
+
+    def top_errors(self, q: Query, per_model: int) -> dict[str | None, list[tuple[str, int]]]:
+        where, args = self._where(q, "status_code >= 400 AND error_message IS NOT NULL")
+        found: dict[str | None, list[tuple[str, int]]] = {}
+        for model, message, count in self._query(
+                f"SELECT model, error_message, count(*) AS n FROM events{where} "
+                "GROUP BY model, error_message ORDER BY n DESC", args):
+            if len(found.setdefault(model, [])) < per_model:
+                found[model].append((message, count))
+        return found
+
+    def cost(self, q: Query, by: str) -> list[dict[str, Any]]:
+        """Per UTC day (and model or user): requests, both costs, tokens."""
+        key = {"day": "NULL", "model": "model", "user": "user_id"}[by]
+        where, args = self._where(q)
+        rows = self._query(
+            f"SELECT strftime('%Y-%m-%d', ts / 1000, 'unixepoch') AS day, {key} AS key, "
+            "count(*), total(cost_usd), total(computed_cost_usd), total(prompt_tokens), "
+            f"total(completion_tokens), total(tokens_used) FROM events{where} "
+            "GROUP BY day, key ORDER BY day, key", args)
+        names = ("day", "key", "requests", "cost_usd", "computed_cost_usd", "prompt_tokens",
+                 "completion_tokens", "total_tokens")
+        out = []
+        for row in rows:
+            item = dict(zip(names, row, strict=True))
+            for tokens in ("prompt_tokens", "completion_tokens", "total_tokens"):
+                item[tokens] = int(item[tokens])
+            out.append(item)
+        return out
+
+    def quarantined(self, limit: int = 20) -> list[dict[str, Any]]:
+        rows = self._query("SELECT id, received_at, reason, raw FROM quarantine "
+                           "ORDER BY id DESC LIMIT ?", [limit])
+        return [{"id": i, "received_at": r, "reason": why, "raw": raw.decode("utf-8", "replace")}
+                for i, r, why, raw in rows]
+
+    def counts(self) -> dict[str, int]:
+        rows = self._query("SELECT state, count(*) FROM events GROUP BY state", [])
+        found = {STATES.get(state, str(state)): n for state, n in rows}
+        found["quarantined"] = self._query("SELECT count(*) FROM quarantine", [])[0][0]
+        return {name: found.get(name, 0) for name in (*STATES.values(), "quarantined")}
+
+    def _query(self, sql: str, args: Iterable[Any]) -> list[Any]:
+        try:
+            return self._conn.execute(sql, tuple(args)).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"store query failed: {exc}") from exc
+
+    @staticmethod
+    def _doc(doc: bytes, state: int) -> dict[str, Any]:
+        data: dict[str, Any] = orjson.loads(doc)
+        data["_state"] = STATES.get(state, str(state))
+        return data
