@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
@@ -58,29 +59,44 @@ def build_store(settings: Settings, clock: Callable[[], float] = time.time) -> S
 
 
 class StoreGauges:
-    """Scrape-time values for the store gauges; counts refresh at most every 10 s."""
+    """Values for the store gauges. Counts are refreshed off the event loop every 10 s (on a
+    large store they take a while); the shipping lag is one index lookup, read at scrape."""
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
         self.reader: Reader | None = None
         self.shipping = False
         self._cached: dict[str, float] = {}
-        self._refreshed = float("-inf")
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, data_dir: Path, shipping: bool) -> None:
+        self.reader, self.shipping = Reader(data_dir, threads=True), shipping
+        self._task = asyncio.create_task(self._refresh(), name="store-gauges")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
+
+    async def _refresh(self) -> None:
+        while self.reader is not None:
+            with contextlib.suppress(StoreError):
+                self._cached = dict(await asyncio.to_thread(self.reader.state_counts))
+            await asyncio.sleep(10)
 
     def read(self) -> dict[str, float]:
-        if self.reader is None:
-            return {}
-        try:
-            if time.monotonic() - self._refreshed > 10:
-                self._cached = dict(self.reader.state_counts())
-                self._refreshed = time.monotonic()
-            values = dict(self._cached)
-            if self.shipping:
+        values = dict(self._cached)
+        if self.shipping and self.reader is not None:
+            try:
                 oldest = self.reader.oldest_pending_ms()
-                values["lag_seconds"] = 0.0 if oldest is None else max(
-                    0.0, self.clock() - oldest / 1000)
-        except StoreError:
-            return {}
+            except StoreError:
+                return values
+            values["lag_seconds"] = 0.0 if oldest is None else max(
+                0.0, self.clock() - oldest / 1000)
         return values
 
 
@@ -177,16 +193,14 @@ def create_app(
         gc.freeze()
         shipping = start_shipping(settings, store, metrics, clock) \
             if settings.sink_kind() else None
-        gauges.reader, gauges.shipping = Reader(settings.data_dir), shipping is not None
+        gauges.start(settings.data_dir, shipping is not None)
         app.state.shipper = shipping[0] if shipping else None
         try:
             yield
         finally:
             if shipping:
                 await stop_shipping(*shipping)
-            if gauges.reader is not None:
-                gauges.reader.close()
-                gauges.reader = None
+            await gauges.stop()
             store.close()
             log.info("store closed")
 

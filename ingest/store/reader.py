@@ -22,12 +22,14 @@ def _casefold(value: str | None) -> str | None:
 class Reader:
     """Read-only queries over the store; safe beside a running writer (WAL)."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, threads: bool = False) -> None:
+        """`threads`: may be used from one thread after another (never two at once)."""
         path = Path(data_dir) / DB_NAME
         if not path.exists():
             raise StoreUnavailable(f"no store at {path}: has the receiver run with this data dir?")
         try:
-            self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True,
+                                         check_same_thread=not threads)
             self._conn.execute("PRAGMA busy_timeout=5000")
             self._conn.create_function("casefold", 1, _casefold, deterministic=True)
         except sqlite3.Error as exc:

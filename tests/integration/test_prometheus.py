@@ -136,3 +136,17 @@ def test_a_real_prometheus_scrapes_the_receiver(receiver: ReceiverProcess,
         proc.terminate()
         proc.wait(20)
         log.close()
+
+
+def test_store_gauges_follow_the_store(receiver: ReceiverProcess) -> None:
+    from ingest.testing import wait_until
+
+    def pending() -> float | None:
+        got = samples(httpx.get(receiver.url + "/metrics").text)
+        return got.get(("ingest_store_events", (("state", "pending"),)))
+
+    # Counted off the event loop every 10 s: the six distinct events show up within one turn.
+    wait_until(lambda: pending() == 6, 25, "ingest_store_events to count the stored events")
+    got = samples(httpx.get(receiver.url + "/metrics").text)
+    assert got[("ingest_store_events", (("state", "dead"),))] == 0
+    assert ("ingest_shipping_lag_seconds", ()) not in got  # no sink configured, no lag
