@@ -272,12 +272,9 @@ async def _search_es(settings: Any, args: argparse.Namespace) -> list[dict[str, 
     from ingest import reports
     from ingest.sink import ElasticsearchSink, connection
 
-    sink = ElasticsearchSink(connection(settings))
-    try:
-        body = reports.search_body(args.event_id, args.user, args.trace, args.text, args.limit)
+    body = reports.search_body(args.event_id, args.user, args.trace, args.text, args.limit)
+    async with ElasticsearchSink(connection(settings)) as sink:
         answer = await sink.search(settings.data_stream, body)
-    finally:
-        await sink.close()
     return [hit["_source"] for hit in answer.get("hits", {}).get("hits", [])]
 
 

@@ -253,9 +253,6 @@ async def _report_es(settings: Any, question: str, q: Any, by: str) -> dict[str,
     from ingest import reports
     from ingest.sink import ElasticsearchSink, connection
 
-    sink = ElasticsearchSink(connection(settings))
-    try:
+    async with ElasticsearchSink(connection(settings)) as sink:
         response = await sink.search(settings.data_stream, reports.es_body(question, q, by))
-    finally:
-        await sink.close()
     return reports.from_es(question, q, response, by)

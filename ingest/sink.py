@@ -99,6 +99,12 @@ class ElasticsearchSink:
     async def close(self) -> None:
         await self.client.close()
 
+    async def __aenter__(self) -> ElasticsearchSink:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
     async def check_version(self) -> str:
         """The server version; raises SinkVersionMismatch when its major is not the client's."""
         try:

@@ -64,6 +64,17 @@ def docker_reachable() -> bool:
         return False
 
 
+def store_counts(data_dir: Path) -> dict[str, int]:
+    """Events by state in a store on disk, read while its receiver may be running."""
+    from ingest.store import Reader
+
+    reader = Reader(data_dir)
+    try:
+        return reader.counts()
+    finally:
+        reader.close()
+
+
 class ReceiverProcess:
     """`holysheep-ingest serve` in a child process on 127.0.0.1, ready once /healthz answers."""
 

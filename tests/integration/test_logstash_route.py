@@ -21,7 +21,7 @@ import pytest
 from ingest.sample import sample_events
 from ingest.sender import request_for
 from ingest.store import Reader
-from ingest.testing import SECRET, ReceiverProcess, wait_until
+from ingest.testing import SECRET, ReceiverProcess, store_counts, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -80,12 +80,6 @@ def logstash() -> Iterator[FakeHttpInput]:
 
 
 
-def counts(data: Path) -> dict[str, int]:
-    reader = Reader(data)
-    try:
-        return reader.counts()
-    finally:
-        reader.close()
 
 
 def test_events_reach_logstash_with_retries_and_dead_letters(
@@ -106,11 +100,11 @@ def test_events_reach_logstash_with_retries_and_dead_letters(
                                         SECRET)
             assert httpx.post(server.webhook_url, content=body,
                               headers=headers).status_code == 202
-        wait_until(lambda: counts(data)["pending"] == 0, 60, "the backlog to drain")
+        wait_until(lambda: store_counts(data)["pending"] == 0, 60, "the backlog to drain")
         log = server.log()
     assert set(logstash.docs) == set(ids) - {bad}
     assert all(doc["event"]["original"] for doc in logstash.docs.values())
-    final = counts(data)
+    final = store_counts(data)
     assert final["shipped"] == len(ids) - 1 and final["dead"] == 1
     reader = Reader(data)
     letters = reader.dead_letters()
@@ -132,5 +126,5 @@ def test_wrong_credentials_pause_without_losing_anything(
         wait_until(lambda: logstash.requests >= 3, 30, "retries against the refusal")
         ready = httpx.get(server.url + "/readyz").json()
     assert ready["status"] == "degraded" and "not authorised" in ready["sink"]["paused"]
-    assert counts(data) == {"pending": 10, "shipped": 0, "dead": 0, "quarantined": 0}
+    assert store_counts(data) == {"pending": 10, "shipped": 0, "dead": 0, "quarantined": 0}
     assert logstash.docs == {}

@@ -16,7 +16,7 @@ from ingest.faults import FaultBulkServer
 from ingest.sample import sample_events
 from ingest.sender import request_for
 from ingest.store import Reader
-from ingest.testing import SECRET, ReceiverProcess, wait_until
+from ingest.testing import SECRET, ReceiverProcess, store_counts, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -48,12 +48,6 @@ def post(url: str, events: list[dict[str, object]]) -> httpx.Response:
 
 
 
-def counts(data: Path) -> dict[str, int]:
-    reader = Reader(data)
-    try:
-        return reader.counts()
-    finally:
-        reader.close()
 
 
 def test_every_accepted_event_is_indexed_once_or_dead_lettered(
@@ -75,7 +69,7 @@ def test_every_accepted_event_is_indexed_once_or_dead_lettered(
             assert post(server.webhook_url, events[start:start + 10]).status_code == 202
         wait_until(lambda: httpx.get(server.url + "/readyz").json()["status"] == "degraded", 20,
                    "readyz to report the block")
-        assert counts(data)["dead"] <= len(rejected)
+        assert store_counts(data)["dead"] <= len(rejected)
         bulk_server.cluster_block(False)
         # Down for a while, then back on the same address.
         bulk_server.down()
@@ -84,12 +78,12 @@ def test_every_accepted_event_is_indexed_once_or_dead_lettered(
         answer = post(server.webhook_url, events[0:10])  # the relay retrying a delivery
         assert answer.json() == {"accepted": 0, "duplicates": 10, "quarantined": 0}
         bulk_server.up()
-        wait_until(lambda: counts(data)["pending"] == 0, 60, "every event to leave pending")
+        wait_until(lambda: store_counts(data)["pending"] == 0, 60, "every event to leave pending")
         ready = httpx.get(server.url + "/readyz").json()
         metrics = httpx.get(server.url + "/metrics").text
 
     assert set(bulk_server.docs) == set(ids) - rejected
-    final = counts(data)
+    final = store_counts(data)
     assert final["shipped"] == len(ids) - len(rejected)
     assert final["dead"] == len(rejected)
     reader = Reader(data)
@@ -122,11 +116,12 @@ def test_a_crash_in_the_middle_of_shipping_loses_nothing(
     bulk_server.delay(0)
     second = receiver(data, bulk_server).start()
     try:
-        wait_until(lambda: counts(data)["pending"] == 0, 60, "shipping to finish after restart")
+        wait_until(lambda: store_counts(data)["pending"] == 0, 60,
+                   "shipping to finish after restart")
     finally:
         second.stop()
     assert set(bulk_server.docs) == ids
-    assert counts(data)["shipped"] == len(ids)
+    assert store_counts(data)["shipped"] == len(ids)
 
 
 def test_dead_letters_replay_after_the_cause_is_fixed(
@@ -140,7 +135,7 @@ def test_dead_letters_replay_after_the_cause_is_fixed(
     data = tmp_path / "data"
     with receiver(data, bulk_server) as server:
         assert post(server.webhook_url, events).status_code == 202
-        wait_until(lambda: counts(data)["dead"] == 1 and counts(data)["pending"] == 0, 30,
+        wait_until(lambda: (c := store_counts(data))["dead"] == 1 and c["pending"] == 0, 30,
                    "the dead letter")
         listed = subprocess.run([sys.executable, "-m", "ingest", "dlq", "list", "--json",
                                  "--data-dir", str(data)], capture_output=True, text=True,
@@ -152,5 +147,5 @@ def test_dead_letters_replay_after_the_cause_is_fixed(
                                 timeout=60, env={**server.env})
         assert replay.returncode == 0, replay.stderr
         wait_until(lambda: bad in bulk_server.docs, 30, "the replayed event to be indexed")
-    assert counts(data)["dead"] == 0
+    assert store_counts(data)["dead"] == 0
     assert set(bulk_server.docs) == {str(e["id"]) for e in events}
