@@ -201,13 +201,17 @@ def _positive(value: str) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from ingest.app import create_app
+    from ingest.app import build_store, create_app
 
     settings = load(host=args.host, port=args.port, data_dir=args.data_dir,
                     price_file=args.price_file, log_level=args.log_level)
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     app = create_app(settings)
+    # Fail here with one clear line rather than inside the server's startup with a traceback.
+    preflight = build_store(settings)
+    preflight.start()
+    preflight.close()
     logging.getLogger("ingest").info(
         "listening on http://%s:%d/webhooks/holysheep, store %s, %d secret(s)",
         settings.host, settings.port, settings.data_dir, len(settings.webhook_secret))
