@@ -108,7 +108,8 @@ def cmd_ship(args: argparse.Namespace) -> int:
         store.start()
         shipper, reader, sink = build_shipper(settings, store, Metrics())
         try:
-            await (shipper.drain() if args.once else shipper.run())
+            # A one-shot run stops on a refusal with its reason; a long one waits it out.
+            await (shipper.drain(give_up_on_refusal=True) if args.once else shipper.run())
         finally:
             await sink.close()
             reader.close()

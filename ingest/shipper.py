@@ -81,6 +81,7 @@ class Shipper:
         self.stats = Stats()
         self.status = "starting"
         self.paused: str | None = None
+        self.refused: SinkRefused | None = None
         self.last_error: str | None = None
         self.server_version: str | None = None
         self._cursor = 0
@@ -106,13 +107,20 @@ class Shipper:
             for task in self._tasks:
                 task.cancel()
 
-    async def drain(self, timeout: float | None = None) -> None:
-        """Ship until nothing is pending or waiting for a retry (for `ship --once` and tests)."""
-        await self._connect()
+    async def drain(self, timeout: float | None = None, give_up_on_refusal: bool = False) -> None:
+        """Ship until nothing is pending or waiting for a retry (for `ship --once` and tests).
+
+        `give_up_on_refusal`: raise the first SinkRefused (credentials, a missing index)
+        instead of waiting, paused, for its cause to be fixed.
+        """
+        await self._connect(give_up_on_refusal)
         self._cursor = (self.reader.first_pending() or 1) - 1
         self.status = "shipping"
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            if give_up_on_refusal and self.refused is not None and not self._tasks:
+                # One-shot runs stop on a refusal (credentials, a missing index) with its reason.
+                raise self.refused
             progressed = await self._ship_some()
             if not progressed and not self._tasks and not self._retry:
                 self._rewind()
@@ -123,7 +131,7 @@ class Shipper:
             if not progressed:
                 await asyncio.sleep(self._idle_delay())
 
-    async def _connect(self) -> None:
+    async def _connect(self, give_up_on_refusal: bool = False) -> None:
         attempt = 0
         while True:
             try:
@@ -136,6 +144,8 @@ class Shipper:
                 self.last_error = exc.message
                 raise
             except SinkError as exc:
+                if give_up_on_refusal and isinstance(exc, SinkRefused):
+                    raise
                 self.status = "waiting for Elasticsearch"
                 self.last_error = exc.message
                 delay = bulk.backoff(attempt, self.backoff_initial, self.backoff_max, self.rng)
@@ -218,6 +228,7 @@ class Shipper:
         else:
             # Credentials, a missing template, a closed index: nothing to retry quickly.
             self.paused = exc.message
+            self.refused = exc
             self._failed(items, exc.message)
 
     def _failed(self, items: list[Pending], message: str) -> None:
@@ -247,6 +258,7 @@ class Shipper:
         elif outcome.shipped and self.paused is not None:
             log.info("Elasticsearch accepts writes again; shipping resumed")
             self.paused = None
+            self.refused = None
         self._retry_later(outcome.retry)
         done = [item.seq for item in outcome.shipped] + [d.item.seq for d in outcome.dead]
         if not done:

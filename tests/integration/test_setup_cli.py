@@ -7,11 +7,14 @@ import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
+import httpx
+import orjson
 import pytest
 
 from ingest.faults import FaultBulkServer
-from ingest.testing import free_port
+from ingest.testing import free_port, store_counts
 
 pytestmark = pytest.mark.integration
 
@@ -61,3 +64,25 @@ def test_refused_credentials_never_echo_the_password() -> None:
     assert done.returncode == 1
     assert "not authorised" in done.stderr and "INGEST_ELASTICSEARCH_API_KEY" in done.stderr
     assert "pw-s3cret" not in done.stderr + done.stdout
+
+
+def test_ship_once_stops_on_a_refusal_with_its_reason(tmp_path: Path) -> None:
+    from ingest.sample import sample_events
+    from ingest.sender import request_for
+    from ingest.testing import SECRET, ReceiverProcess
+
+    data = tmp_path / "data"
+    with ReceiverProcess(data) as server:  # no sink: events stay pending in the store
+        body, headers = request_for([orjson.dumps(e) for e in sample_events(5, seed=3)],
+                                    SECRET)
+        assert httpx.post(server.webhook_url, content=body, headers=headers).status_code == 202
+    with FaultBulkServer() as fault:
+        fault.whole_status(401, times=None)
+        done = subprocess.run(
+            [sys.executable, "-m", "ingest", "ship", "--once", "--data-dir", str(data)],
+            capture_output=True, text=True, timeout=60,
+            env={**os.environ, "INGEST_WEBHOOK_SECRET": "x", "INGEST_ELASTICSEARCH_URL": fault.url,
+                 "INGEST_SHIP_BACKOFF_INITIAL": "10ms", "INGEST_MIN_FREE_DISK_BYTES": "0"})
+    assert done.returncode == 1, done.stderr
+    assert "not authorised" in done.stderr
+    assert store_counts(data)["pending"] == 5  # nothing lost, nothing marked
