@@ -65,12 +65,15 @@ class StoreGauges:
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
         self.reader: Reader | None = None
+        self._counter: Reader | None = None
         self.shipping = False
         self._cached: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
 
     def start(self, data_dir: Path, shipping: bool) -> None:
-        self.reader, self.shipping = Reader(data_dir, threads=True), shipping
+        # Two connections: one for the counting thread, one for scrapes on the loop.
+        self.reader, self.shipping = Reader(data_dir), shipping
+        self._counter = Reader(data_dir, threads=True)
         self._task = asyncio.create_task(self._refresh(), name="store-gauges")
 
     async def stop(self) -> None:
@@ -78,14 +81,15 @@ class StoreGauges:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self.reader is not None:
-            self.reader.close()
-            self.reader = None
+        for reader in (self.reader, self._counter):
+            if reader is not None:
+                reader.close()
+        self.reader = self._counter = None
 
     async def _refresh(self) -> None:
-        while self.reader is not None:
+        while self._counter is not None:
             with contextlib.suppress(StoreError):
-                self._cached = dict(await asyncio.to_thread(self.reader.state_counts))
+                self._cached = dict(await asyncio.to_thread(self._counter.state_counts))
             await asyncio.sleep(10)
 
     def read(self) -> dict[str, float]:
