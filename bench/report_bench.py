@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import random
 import statistics
 import tempfile
@@ -15,38 +14,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from ingest import reports
-from ingest.enrich import Enricher
-from ingest.events import validate
 from ingest.prices import PriceBook
 from ingest.sample import sample_event
-from ingest.store import Reader, Store
+from ingest.store import Reader
+from ingest.testing import fill_store
 
 DAY = 86_400_000
 
 
 def fill(data: Path, count: int, now_ms: int) -> None:
-    enricher = Enricher.default(PriceBook())
+    """`count` sample events with timestamps spread over the last 7 days."""
     rng = random.Random(5)
-
-    async def run() -> None:
-        store = Store(data, min_free_bytes=0, max_bytes=1 << 40)
-        store.start()
-        batch = []
-        for n in range(count):
-            event = sample_event(n, rng, now_ms - rng.randint(0, 7 * DAY), "bench")
-            raw = orjson.dumps(event)
-            batch.append(enricher.row(validate(orjson.loads(raw)), raw, now_ms))
-            if len(batch) == 5000:
-                await store.write(batch)
-                batch = []
-        if batch:
-            await store.write(batch)
-        store.close()
-
-    asyncio.run(run())
+    fill_store(data, (sample_event(n, rng, now_ms - rng.randint(0, 7 * DAY), "bench")
+                      for n in range(count)), now_ms, PriceBook())
 
 
 def main() -> int:

@@ -23,44 +23,22 @@ import time
 from pathlib import Path
 
 import httpx
-import orjson
 
 from ingest.app import build_store
-from ingest.enrich import Enricher
-from ingest.events import validate
 from ingest.metrics import Metrics
-from ingest.prices import PriceBook
 from ingest.sample import sample_events
 from ingest.settings import load
 from ingest.shipper import Shipper
 from ingest.sink import Connection, ElasticsearchSink
 from ingest.store import Reader
-from ingest.testing import free_port
+from ingest.testing import fill_store, free_port
 
 HERE = Path(__file__).resolve().parent
 
 
 def fill(data: Path, count: int) -> None:
     """A store with `count` pending events, written through the normal store path."""
-    settings = load(data_dir=data, webhook_secret="x", min_free_disk_bytes=0)
-    enricher = Enricher.default(PriceBook(lookup=None))
-
-    async def run() -> None:
-        store = build_store(settings)
-        store.start()
-        now = int(time.time() * 1000)
-        batch = []
-        for event in sample_events(count, seed=1):
-            raw = orjson.dumps(event)
-            batch.append(enricher.row(validate(orjson.loads(raw)), raw, now))
-            if len(batch) == 5000:
-                await store.write(batch)
-                batch = []
-        if batch:
-            await store.write(batch)
-        store.close()
-
-    asyncio.run(run())
+    fill_store(data, sample_events(count, seed=1), int(time.time() * 1000))
 
 
 def endpoint(delay: float) -> tuple[subprocess.Popen[bytes], str]:

@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     serve.add_argument("--host", help="address to bind (INGEST_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (INGEST_PORT, default 8080)")
-    serve.add_argument("--data-dir", type=Path, help="store directory (INGEST_DATA_DIR)")
+    _data_dir(serve)
     serve.add_argument("--price-file", type=Path, help="price overrides (INGEST_PRICE_FILE)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=cmd_serve)
@@ -111,9 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--text", help="substring of error.message, case-insensitive")
     search.add_argument("--limit", type=_positive, default=20, help="at most this many (20)")
     search.add_argument("--json", action="store_true", help="JSON lines of stored documents")
-    search.add_argument("--backend", choices=["auto", "store", "elasticsearch"], default="auto",
-                        help="auto: Elasticsearch when INGEST_ELASTICSEARCH_URL is set")
-    search.add_argument("--data-dir", type=Path, help="store directory (INGEST_DATA_DIR)")
+    _backend(search)
+    _data_dir(search)
     search.set_defaults(func=cmd_search)
 
     report = sub.add_parser(
@@ -127,10 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--user", help="only this user_metadata.user_id")
     report.add_argument("--by", choices=["day", "model", "user"], default="day",
                         help="cost: one row per day, or per day and model/user")
-    report.add_argument("--backend", choices=["auto", "store", "elasticsearch"], default="auto",
-                        help="auto: Elasticsearch when INGEST_ELASTICSEARCH_URL is set")
+    _backend(report)
     report.add_argument("--json", action="store_true", help="machine-readable, stable keys")
-    report.add_argument("--data-dir", type=Path, help="store directory (INGEST_DATA_DIR)")
+    _data_dir(report)
     report.set_defaults(func=ops.cmd_report)
 
     setup = sub.add_parser(
@@ -151,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the shipper on its own, for instance when serve runs without "
         "INGEST_ELASTICSEARCH_URL. Bulk create with the event id as _id: never a duplicate.")
     ship.add_argument("--once", action="store_true", help="exit when nothing is pending")
-    ship.add_argument("--data-dir", type=Path, help="store directory (INGEST_DATA_DIR)")
+    _data_dir(ship)
     ship.set_defaults(func=ops.cmd_ship)
 
     dlq = sub.add_parser(
@@ -179,16 +177,30 @@ def build_parser() -> argparse.ArgumentParser:
     age.add_argument("--all", action="store_true")
     dlq_purge.set_defaults(func=ops.cmd_dlq_purge)
     for action in (dlq_list, dlq_show, dlq_replay, dlq_purge):
-        action.add_argument("--data-dir", type=Path, help="store directory (INGEST_DATA_DIR)")
+        _data_dir(action)
 
     quarantine = sub.add_parser(
         "quarantine", help="list events refused as invalid, with their bytes and reason",
         description="Invalid events are never dropped: they are kept with the reason.")
     quarantine.add_argument("--limit", type=_positive, default=20)
     quarantine.add_argument("--json", action="store_true", help="JSON lines")
-    quarantine.add_argument("--data-dir", type=Path, help="store directory (INGEST_DATA_DIR)")
+    _data_dir(quarantine)
     quarantine.set_defaults(func=cmd_quarantine)
     return parser
+
+
+def _data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, help="store directory (INGEST_DATA_DIR)")
+
+
+def _backend(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=["auto", "store", "elasticsearch"], default="auto",
+                        help="auto: Elasticsearch when INGEST_ELASTICSEARCH_URL is set")
+
+
+def use_elasticsearch(backend: str, url: str | None) -> bool:
+    """`--backend auto` reads Elasticsearch when a URL is configured, else the store."""
+    return backend == "elasticsearch" or (backend == "auto" and url is not None)
 
 
 def _positive(value: str) -> int:
@@ -290,16 +302,12 @@ def _reader(data_dir: Path | None) -> Reader:
 
 def cmd_search(args: argparse.Namespace) -> int:
     settings = load(data_dir=args.data_dir)
-    if args.backend == "elasticsearch" or (
-            args.backend == "auto" and settings.elasticsearch_url is not None):
+    if use_elasticsearch(args.backend, settings.elasticsearch_url):
         docs = asyncio.run(_search_es(settings, args))
     else:
-        reader = _reader(args.data_dir)
-        try:
+        with _reader(args.data_dir) as reader:
             docs = reader.search(event_id=args.event_id, user=args.user, trace=args.trace,
                                  text=args.text, limit=args.limit)
-        finally:
-            reader.close()
     if not docs:
         print("no stored event matches", file=sys.stderr)
         return 1
@@ -328,11 +336,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
-    reader = _reader(args.data_dir)
-    try:
+    with _reader(args.data_dir) as reader:
         items = reader.quarantined(args.limit)
-    finally:
-        reader.close()
     return _listing(items, args.json, "quarantine is empty",
                     lambda item: f"#{item['id']} {item['reason']}\n    {item['raw'][:300]}")
 

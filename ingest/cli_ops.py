@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ingest.cli import _listing, _reader
+from ingest.cli import _listing, _reader, use_elasticsearch
 from ingest.errors import ConfigError
 from ingest.settings import load
 
@@ -123,22 +123,16 @@ def cmd_ship(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq_list(args: argparse.Namespace) -> int:
-    reader = _reader(args.data_dir)
-    try:
+    with _reader(args.data_dir) as reader:
         letters = reader.dead_letters(args.limit)
-    finally:
-        reader.close()
     return _listing(letters, args.json, "no dead letters",
                     lambda d: f"#{d['seq']} {d['event_id']} HTTP {d['status']} "
                               f"{d['error_type']}: {d['reason'][:200]}")
 
 
 def cmd_dlq_show(args: argparse.Namespace) -> int:
-    reader = _reader(args.data_dir)
-    try:
+    with _reader(args.data_dir) as reader:
         letter = reader.dead_letter(args.seq)
-    finally:
-        reader.close()
     if letter is None:
         print(f"no dead letter #{args.seq}", file=sys.stderr)
         return 1
@@ -185,11 +179,8 @@ def cmd_dlq_purge(args: argparse.Namespace) -> int:
 
 
 def _dead_count(data_dir: Path | None) -> int:
-    reader = _reader(data_dir)
-    try:
+    with _reader(data_dir) as reader:
         return reader.counts()["dead"]
-    finally:
-        reader.close()
 
 
 def _apply(data_dir: Path | None, op: Any) -> None:
@@ -214,16 +205,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     settings = load(data_dir=args.data_dir)
     q = reports.query(args.question, args.since, args.until, args.model, args.user,
                       datetime.now(UTC))
-    use_es = args.backend == "elasticsearch" or (
-        args.backend == "auto" and settings.elasticsearch_url is not None)
+    use_es = use_elasticsearch(args.backend, settings.elasticsearch_url)
     if use_es:
         result = asyncio.run(_report_es(settings, args.question, q, args.by))
     else:
-        reader = _reader(args.data_dir)
-        try:
+        with _reader(args.data_dir) as reader:
             result = _report_store(reader, args.question, q, args.by)
-        finally:
-            reader.close()
     if args.json:
         sys.stdout.buffer.write(orjson.dumps(result) + b"\n")
         return 0

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import httpx
 import orjson
 
+from ingest.prices import PriceBook
 from ingest.signing import signed_headers
 
 SECRET = "test-secret-0123456789abcdef"
@@ -64,15 +66,38 @@ def docker_reachable() -> bool:
         return False
 
 
+def fill_store(data_dir: Path, events: Iterable[dict[str, Any]], received_ms: int,
+               prices: PriceBook | None = None, group: int = 5000) -> None:
+    """Store `events` through the normal validate, enrich and write path (benchmarks, tests)."""
+    from ingest.enrich import Enricher
+    from ingest.events import validate
+    from ingest.store import Store
+
+    enricher = Enricher.default(prices or PriceBook(lookup=None))
+
+    async def run() -> None:
+        store = Store(data_dir, min_free_bytes=0, max_bytes=1 << 40)
+        store.start()
+        batch = []
+        for event in events:
+            raw = orjson.dumps(event)
+            batch.append(enricher.row(validate(orjson.loads(raw)), raw, received_ms))
+            if len(batch) == group:
+                await store.write(batch)
+                batch = []
+        if batch:
+            await store.write(batch)
+        store.close()
+
+    asyncio.run(run())
+
+
 def store_counts(data_dir: Path) -> dict[str, int]:
     """Events by state in a store on disk, read while its receiver may be running."""
     from ingest.store import Reader
 
-    reader = Reader(data_dir)
-    try:
+    with Reader(data_dir) as reader:
         return reader.counts()
-    finally:
-        reader.close()
 
 
 class ReceiverProcess:

@@ -38,6 +38,12 @@ class Reader:
     def close(self) -> None:
         self._conn.close()
 
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def search(self, *, event_id: str | None = None, user: str | None = None,
                trace: str | None = None, text: str | None = None,
                limit: int = 20) -> list[dict[str, Any]]:
