@@ -227,8 +227,7 @@ def create_app(
     async def readyz() -> JSONResponse:
         """Ready: the store takes writes (a round trip through its writer)."""
         try:
-            store.refuse_if_full()
-            await asyncio.wait_for(store.probe(), timeout=2.0)
+            await asyncio.wait_for(store.probe(), timeout=2.0)  # refuses when full, too
         except StoreError as exc:
             return JSONResponse({"status": "unavailable", "reason": exc.code,
                                  "message": exc.message}, status_code=http_status(exc),

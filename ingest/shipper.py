@@ -8,7 +8,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from ingest import bulk
@@ -42,7 +42,6 @@ class Stats:
     dead_lettered: int = 0
     bulk_requests: int = 0
     bulk_failures: int = 0
-    bulk_seconds: list[float] = field(default_factory=list)
 
 
 class Shipper:
@@ -97,8 +96,6 @@ class Shipper:
     async def run(self) -> None:
         """Check the server version (waiting while it is unreachable), then ship for ever."""
         await self._connect()
-        self._cursor = (self.reader.first_pending() or 1) - 1
-        self.status = "shipping"
         try:
             while True:
                 if not await self._ship_some():
@@ -114,8 +111,6 @@ class Shipper:
         instead of waiting, paused, for its cause to be fixed.
         """
         await self._connect(give_up_on_refusal)
-        self._cursor = (self.reader.first_pending() or 1) - 1
-        self.status = "shipping"
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if give_up_on_refusal and self.refused is not None and not self._tasks:
@@ -136,8 +131,11 @@ class Shipper:
         while True:
             try:
                 self.server_version = await self.sink.check_version()
-                log.info("shipping to Elasticsearch %s at %s, data stream %s",
-                         self.server_version, self.sink.url, self.index)
+                log.info("shipping to %s (%s), data stream %s",
+                         self.sink.url, self.server_version, self.index)
+                # Everything pending is ahead of the cursor, including rows a crash left behind.
+                self._cursor = (self.reader.first_pending() or 1) - 1
+                self.status = "shipping"
                 return
             except SinkVersionMismatch as exc:
                 self.status = "stopped"
