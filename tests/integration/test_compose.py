@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from compose_env import dummy, example_values
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-ENV_EXAMPLE = ROOT / ".env.example"
 ASSETS = ROOT / "elasticsearch"
 PIPELINE = ROOT / "logstash" / "pipeline" / "holysheep.conf"
 
@@ -28,18 +28,6 @@ SECRETS = ("ELASTIC_PASSWORD", "KIBANA_SYSTEM_PASSWORD", "LOGSTASH_INTERNAL_PASS
 REQUIRED = re.compile(r"\$\{([A-Z0-9_]+):\?([^}]*)\}")
 
 
-def example_values() -> dict[str, str]:
-    """KEY=value lines of .env.example, in order."""
-    values = {}
-    for line in ENV_EXAMPLE.read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            key, _, value = line.partition("=")
-            values[key.strip()] = value.strip()
-    return values
-
-
-def dummy(key: str) -> str:
-    return f"Dummy{key.title().replace('_', '')}0123"
 
 
 @pytest.fixture(scope="module")

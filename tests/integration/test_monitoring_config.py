@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 import yaml
+from compose_env import dummy, example_values
 
 from ingest.testing import free_port
 
@@ -37,7 +38,6 @@ DASHBOARD = ROOT / "grafana" / "dashboards" / "holysheep.json"
 DATASOURCE = ROOT / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 DASHBOARD_PROVIDER = ROOT / "grafana" / "provisioning" / "dashboards" / "dashboards.yml"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-ENV_EXAMPLE = ROOT / ".env.example"
 
 # What the receiver exposes (ingest/metrics.py), plus Prometheus's own `up`.
 KNOWN_METRICS = {
@@ -468,19 +468,11 @@ def test_grafana_provisioning() -> None:
 # --- docker-compose ---------------------------------------------------------------------------
 
 
-def example_values() -> dict[str, str]:
-    values = {}
-    for line in ENV_EXAMPLE.read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            key, _, value = line.partition("=")
-            values[key.strip()] = value.strip()
-    return values
 
 
 def write_env(path: Path, **overrides: str) -> Path:
     """.env.example with every empty value filled with a dummy, then `overrides` on top."""
-    values = {k: v or f"Dummy{k.title().replace('_', '')}0123"
-              for k, v in example_values().items()}
+    values = {k: v or dummy(k) for k, v in example_values().items()}
     values.update(overrides)
     path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
     return path
