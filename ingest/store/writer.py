@@ -31,7 +31,7 @@ from ingest.store.schema import (
 
 @dataclass(frozen=True, slots=True)
 class Invalid:
-    """A quarantined event: its bytes as received (array elements re-encoded) and the reason."""
+    """A quarantined event: its bytes exactly as received (array elements too) and the reason."""
 
     raw: bytes
     reason: str

@@ -354,3 +354,24 @@ def test_derived_id_differs_with_content():
     assert derived_id({"a": 1}) != derived_id({"a": 2})
     assert derived_id({"a": {"b": 1, "c": 2}}) == derived_id({"a": {"c": 2, "b": 1}})
     assert derived_id({"a": [1, 2]}) != derived_id({"a": [2, 1]})
+
+
+def test_split_array_elements_keep_their_exact_bytes():
+    body = b'[ {"id": "a",  "n": 1.50} ,\n {"id":"b"}, 7 ]'
+    assert [item.raw for item in split(body, "json")] == [b'{"id": "a",  "n": 1.50}',
+                                                           b'{"id":"b"}', b"7"]
+
+
+@pytest.mark.parametrize(("event", "expected"), [
+    ({"status_code": "200"}, {"status_code": 200}),
+    ({"latency_ms": "1.5", "cost_usd": 2}, {"latency_ms": 1.5, "cost_usd": 2.0}),
+    ({"usage": {"prompt_tokens": "5", "x": 1}}, {"usage": {"prompt_tokens": 5, "x": 1}}),
+])
+def test_validate_numbers_sent_as_text_become_numbers(event, expected):
+    assert validate(event) == expected
+
+
+def test_validate_integer_id_too_long_as_text_is_refused():
+    with pytest.raises(EventInvalid) as info:
+        validate({"id": 10**600})
+    assert info.value.message.startswith("id: ")
