@@ -56,8 +56,7 @@ class Row(NamedTuple):
 
 def iso_ms(ms: int) -> str:
     """`2026-11-22T06:34:21.258Z` for unix ms."""
-    seconds, millis = divmod(ms, 1000)
-    return f"{_iso_second(seconds)}.{millis:03d}Z"
+    return f"{_iso_second(ms // 1000)}.{ms % 1000:03d}Z"
 
 
 @lru_cache(maxsize=1024)
@@ -83,6 +82,8 @@ def event_time(value: Any) -> tuple[int, str] | None:
             ms = _iso_ms(text)
             return (ms, "event") if ms is not None and _MIN_MS <= ms < _MAX_MS else None
         value = int(text)
+    if value.__class__ is int and _MIN_MS <= value < _MAX_MS:  # the contract's case, first
+        return value, "event"
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     if _MIN_MS <= value < _MAX_MS:
@@ -110,8 +111,14 @@ def stamp(draft: Draft) -> Draft:
     draft.ts_ms, source = found if found else (draft.received_ms, "received")
     doc["@timestamp"] = iso_ms(draft.ts_ms)
     doc["timestamp_source"] = source
-    doc["received_at"] = iso_ms(draft.received_ms)
+    doc["received_at"] = _received_iso(draft.received_ms)
     return draft
+
+
+@lru_cache(maxsize=64)
+def _received_iso(ms: int) -> str:
+    # Every event of a request shares its receive time.
+    return iso_ms(ms)
 
 
 class LatencyBucket:
@@ -131,11 +138,8 @@ class LatencyBucket:
             if latency is None:
                 return draft
             doc["latency_ms"] = latency
-        for bound, name in self.bounds:
-            if latency < bound:
-                doc["latency_bucket"] = name
-                return draft
-        doc["latency_bucket"] = self.last
+        doc["latency_bucket"] = next((name for bound, name in self.bounds if latency < bound),
+                                     self.last)
         return draft
 
 
@@ -145,7 +149,7 @@ def status_tags(draft: Draft) -> Draft:
     status = doc.get("status_code")
     if status is None:
         return draft
-    doc["status_class"] = "429" if status == 429 else f"{status // 100}xx"
+    doc["status_class"] = status_class(status)
     if status >= 400:
         tags = doc.get("tags")
         tags = list(tags) if isinstance(tags, list) else [] if tags is None else [tags]
@@ -154,6 +158,12 @@ def status_tags(draft: Draft) -> Draft:
             tags.append("rate_limited")
         doc["tags"] = tags
     return draft
+
+
+@lru_cache(maxsize=1024)
+def status_class(status: int) -> str:
+    """`2xx`, `4xx`, `5xx`..., and `429` on its own."""
+    return "429" if status == 429 else f"{status // 100}xx"
 
 
 def count_tokens(draft: Draft) -> Draft:
@@ -229,7 +239,7 @@ class Enricher:
             doc.get("latency_ms"), meta.get("user_id"), meta.get("trace_id"), error.get("message"),
             usage.get("prompt_tokens"), usage.get("completion_tokens"), doc.get("tokens_used"),
             doc.get("cost_usd"), doc.get("computed_cost_usd"),
-            orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS), raw,
+            orjson.dumps(doc), raw,
         )
 
 

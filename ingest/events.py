@@ -175,7 +175,9 @@ class Event(msgspec.Struct):
     # Not typed: a bad timestamp falls back to receive time instead of losing the event.
 
 
-_SCALARS = ("type", "model", "status_code", "latency_ms", "response_time_ms", "cost_usd")
+_FLOATS = ("latency_ms", "response_time_ms", "cost_usd")
+_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
+_convert = msgspec.convert
 
 
 def validate(data: dict[str, Any]) -> dict[str, Any]:
@@ -185,26 +187,33 @@ def validate(data: dict[str, Any]) -> dict[str, Any]:
     as a string becomes `{"message": ...}`.
     """
     try:
-        event = msgspec.convert(data, Event, strict=False)
+        event = _convert(data, Event, strict=False)
     except msgspec.ValidationError as exc:
         raise EventInvalid(_reason(str(exc))) from None
-    for name in _SCALARS:
-        value = getattr(event, name)
-        if value is not None and type(data[name]) is not type(value):
-            data[name] = value
-    if event.id is not None:
+    # Straight-line on purpose: this runs for every event, and almost always changes nothing.
+    if event.id is not None and event.id.__class__ is not str:
         data["id"] = _text(event.id, "id")
-    if isinstance(event.error, str):
+    if event.status_code is not None and data["status_code"].__class__ is not int:
+        data["status_code"] = event.status_code
+    for name in _FLOATS:
+        value = getattr(event, name)
+        if value is not None and data[name].__class__ is not float:
+            data[name] = value
+    usage = event.usage
+    if usage is not None:
+        given = data["usage"]
+        for name in _COUNTS:
+            value = getattr(usage, name)
+            if value is not None and given[name].__class__ is not int:
+                given[name] = value
+    if event.error.__class__ is str:
         data["error"] = {"message": event.error}
-    if event.usage is not None:
-        _patch(data["usage"], event.usage, ("prompt_tokens", "completion_tokens",
-                                            "total_tokens"))
     meta = event.user_metadata
     if meta is not None:
-        for name in ("user_id", "trace_id"):
-            value = getattr(meta, name)
-            if isinstance(value, int):
-                data["user_metadata"][name] = _text(value, f"user_metadata.{name}")
+        if meta.user_id is not None and meta.user_id.__class__ is not str:
+            data["user_metadata"]["user_id"] = _text(meta.user_id, "user_metadata.user_id")
+        if meta.trace_id is not None and meta.trace_id.__class__ is not str:
+            data["user_metadata"]["trace_id"] = _text(meta.trace_id, "user_metadata.trace_id")
     return data
 
 
@@ -215,13 +224,6 @@ def _text(value: str | int, where: str) -> str:
     if len(text) > MAX_ID_LENGTH:
         raise EventInvalid(f"{where}: Expected `str` of length <= {MAX_ID_LENGTH}")
     return text
-
-
-def _patch(target: dict[str, Any], checked: msgspec.Struct, names: tuple[str, ...]) -> None:
-    for name in names:
-        value = getattr(checked, name)
-        if value is not None and type(target[name]) is not type(value):
-            target[name] = value
 
 
 def _reason(message: str) -> str:

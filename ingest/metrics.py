@@ -25,6 +25,8 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _MODEL_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,79}")
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+# Per (model, status): the requests key, then the token and cost keys of that model.
+_Keys = tuple[tuple[str, str], tuple[str, str], tuple[str, str], tuple[str, str], tuple[str, str]]
 
 
 class Metrics:
@@ -97,6 +99,7 @@ class RelayTraffic(Collector):
         self.tokens: dict[tuple[str, str], int] = {}
         self.cost: dict[tuple[str, str], float] = {}
         self.latency: dict[str, list[float]] = {}  # per-bucket counts, then +Inf, sum
+        self._keys: dict[tuple[str | None, int | None], _Keys] = {}
 
     def model(self, name: str | None) -> str:
         """Bounded label values: the first `model_limit` sane names, then `other`."""
@@ -113,32 +116,41 @@ class RelayTraffic(Collector):
     def observe(self, rows: Sequence[Row], inserted: Sequence[bool]) -> None:
         """Count each new event once; duplicates were counted when they first arrived."""
         requests, tokens, cost, latency = self.requests, self.tokens, self.cost, self.latency
+        keys = self._keys
         for row, new in zip(rows, inserted, strict=True):
             if not new:
                 continue
-            model = self.model(row.model)
-            status = row.status_code
-            klass = "unknown" if status is None else "429" if status == 429 \
-                else f"{status // 100}xx"
-            key = (model, klass)
+            # One cached key tuple per (model, status): no strings built per event.
+            try:
+                key, prompt, completion, relay, computed = keys[row.model, row.status_code]
+            except KeyError:
+                key, prompt, completion, relay, computed = self._key(row.model, row.status_code)
             requests[key] = requests.get(key, 0) + 1
             if row.latency_ms is not None:
                 seconds = row.latency_ms / 1000
-                buckets = latency.get(model)
+                buckets = latency.get(key[0])
                 if buckets is None:
-                    buckets = latency[model] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+                    buckets = latency[key[0]] = [0.0] * (len(LATENCY_BUCKETS) + 2)
                 buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
                 buckets[-1] += seconds
             if row.prompt_tokens:
-                tokens[(model, "prompt")] = tokens.get((model, "prompt"), 0) + row.prompt_tokens
+                tokens[prompt] = tokens.get(prompt, 0) + row.prompt_tokens
             if row.completion_tokens:
-                key = (model, "completion")
-                tokens[key] = tokens.get(key, 0) + row.completion_tokens
+                tokens[completion] = tokens.get(completion, 0) + row.completion_tokens
             if row.cost_usd is not None:
-                cost[(model, "relay")] = cost.get((model, "relay"), 0.0) + row.cost_usd
+                cost[relay] = cost.get(relay, 0.0) + row.cost_usd
             if row.computed_cost_usd is not None:
-                key = (model, "computed")
-                cost[key] = cost.get(key, 0.0) + row.computed_cost_usd
+                cost[computed] = cost.get(computed, 0.0) + row.computed_cost_usd
+
+    def _key(self, name: str | None, status: int | None) -> _Keys:
+        model = self.model(name)
+        klass = "unknown" if status is None else "429" if status == 429 \
+            else f"{status // 100}xx"
+        found = ((model, klass), (model, "prompt"), (model, "completion"), (model, "relay"),
+                 (model, "computed"))
+        if len(self._keys) < 20 * self.model_limit:  # bounded like the model names
+            self._keys[name, status] = found
+        return found
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(

@@ -29,6 +29,8 @@ class Rate:
     completion_tiers: tuple[tuple[int, float], ...] = ()
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        if not self.prompt_tiers and not self.completion_tiers:
+            return (prompt_tokens * self.prompt + completion_tokens * self.completion) / 1_000_000
         # A tier applies to every token once the prompt crosses its start (genai-prices' rule).
         p = _tiered(self.prompt, self.prompt_tiers, prompt_tokens)
         c = _tiered(self.completion, self.completion_tiers, prompt_tokens)
@@ -80,6 +82,7 @@ class PriceBook:
         self._overrides = {k.lower(): v for k, v in (overrides or {}).items()}
         self._lookup = lookup
         self._cache: dict[tuple[str, int], Rate | None] = {}
+        self._seen: dict[tuple[str, int], Rate | None] = {}
 
     @classmethod
     def from_file(cls, path: Path | None, lookup: Lookup | None = library_lookup) -> PriceBook:
@@ -91,6 +94,18 @@ class PriceBook:
             self.rate("gpt-4o", when_ms)
 
     def rate(self, model: str, when_ms: int) -> Rate | None:
+        # Keyed by the name as sent: the common case skips normalising it.
+        key = (model, when_ms // 86_400_000)
+        try:
+            return self._seen[key]
+        except KeyError:
+            pass
+        if len(self._seen) >= _CACHE_LIMIT:
+            self._seen.clear()
+        found = self._seen[key] = self._resolve(model, when_ms)
+        return found
+
+    def _resolve(self, model: str, when_ms: int) -> Rate | None:
         name = model.strip().lower()
         found = self._overrides.get(name)
         if found is not None or self._lookup is None or len(name) > _MAX_MODEL_NAME or not name:

@@ -6,6 +6,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from ingest.bulk import DeadLetter
+from ingest.store import index
 from ingest.store.schema import DEAD, ID_PROBE, PENDING, SHIPPED
 from ingest.store.writer import Op
 
@@ -51,6 +52,6 @@ def purge_dead(failed_before_ms: int | None) -> Op:
         for start in range(0, len(seqs), ID_PROBE):
             part = seqs[start:start + ID_PROBE]
             marks = ", ".join("?" * len(part))
-            conn.execute(f"DELETE FROM events WHERE state = {DEAD} AND seq IN ({marks})", part)
+            index.forget(conn, f"state = {DEAD} AND seq IN ({marks})", part)
             conn.execute(f"DELETE FROM dead_letters WHERE seq IN ({marks})", part)
     return op

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,18 @@ import orjson
 from ingest.bulk import Pending
 from ingest.errors import StoreUnavailable
 from ingest.reports import Query
-from ingest.store.schema import DB_NAME, PENDING, STATES
+from ingest.store.schema import DB_NAME, FACT_COLUMNS, PENDING, STATES, WATERMARK
+
+_REPORTED = "ts, " + ", ".join(name for name, _ in FACT_COLUMNS)
+
+
+def _where(conditions: Iterable[tuple[str, Any]]) -> tuple[str, list[Any]]:
+    """` WHERE a AND b` and the arguments of the conditions that take one (not None)."""
+    conditions = list(conditions)
+    if not conditions:
+        return "", []
+    return (" WHERE " + " AND ".join(sql for sql, _ in conditions),
+            [arg for _, arg in conditions if arg is not None])
 
 
 def _casefold(value: str | None) -> str | None:
@@ -47,21 +59,42 @@ class Reader:
     def search(self, *, event_id: str | None = None, user: str | None = None,
                trace: str | None = None, text: str | None = None,
                limit: int = 20) -> list[dict[str, Any]]:
-        """Newest first; every given filter must match; text is a case-insensitive substring."""
-        where, args = [], []
-        for column, value in (("event_id", event_id), ("user_id", user), ("trace_id", trace)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
-        if text:
+        """Newest first; every given filter must match; text is a case-insensitive substring.
+
+        The derived table that fits the filters gives the indexed events, a scan of the
+        tail the rest (see `ingest.store.index`), both read in one snapshot.
+        """
+        match: list[tuple[str, Any]] = [
+            (f"e.{column} = ?", value) for column, value in
+            (("event_id", event_id), ("user_id", user), ("trace_id", trace)) if value is not None]
+
+        def text_on(alias: str) -> list[tuple[str, Any]]:
             # SQLite's LIKE folds only ASCII case; error texts come in every language.
-            where.append("instr(casefold(error_message), ?) > 0")
-            args.append(text.casefold())
-        sql = "SELECT doc, state FROM events"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY ts DESC, seq DESC LIMIT ?"
-        return [self._doc(doc, state) for doc, state in self._query(sql, [*args, limit])]
+            return [(f"instr(casefold({alias}.error_message), ?) > 0", text.casefold())] \
+                if text else []
+
+        select = "SELECT e.doc, e.state, e.ts, e.seq FROM "
+        newest = " ORDER BY e.ts DESC, e.seq DESC LIMIT ?"
+        if event_id is not None:  # its index is kept with every commit: no tail to add
+            sql, args = _where([*match, *text_on("e")])
+            return self._docs(self._query(select + "events e" + sql + newest, [*args, limit]))
+        if trace is not None:
+            derived, order = "by_trace d", newest
+            indexed = [("d.trace_id = ?", trace), *match, *text_on("e")]
+        elif user is not None:
+            derived, order = "by_user d", " ORDER BY d.ts DESC, d.seq DESC LIMIT ?"
+            indexed = [("d.user_id = ?", user), *match, *text_on("e")]
+        else:  # newest first straight off the time-ordered facts, which hold the error text
+            derived, order = "facts d", " ORDER BY d.ts DESC, d.seq DESC LIMIT ?"
+            indexed = text_on("d")
+        indexed_sql, indexed_args = _where(indexed)
+        tail_sql, tail_args = _where([(f"e.seq > {WATERMARK}", None), *match, *text_on("e")])
+        with self._snapshot():
+            rows = self._query(f"{select}{derived} JOIN events e ON e.seq = d.seq"
+                               f"{indexed_sql}{order}", [*indexed_args, limit])
+            rows += self._query(select + "events e" + tail_sql + newest, [*tail_args, limit])
+        rows.sort(key=lambda r: (r[2], r[3]), reverse=True)
+        return self._docs(rows[:limit])
 
     def pending(self, after_seq: int, limit: int) -> list[Pending]:
         """Pending events after `after_seq`, oldest first (the shipper's lease)."""
@@ -108,7 +141,7 @@ class Reader:
         return found
 
     # Report queries (ingest.reports shapes the answers) ------------------------------------
-    def _where(self, q: Query, extra: str = "") -> tuple[str, list[Any]]:
+    def _rows(self, q: Query, extra: str = "") -> tuple[str, list[Any]]:
         where = ["ts >= ?", "ts < ?"]
         args: list[Any] = [q.since_ms, q.until_ms]
         if q.model is not None:
@@ -119,30 +152,33 @@ class Reader:
             args.append(q.user)
         if extra:
             where.append(extra)
-        return " WHERE " + " AND ".join(where), args
+        # The window's events: those indexed in `facts`, then the tail's from `events`.
+        sql = " WHERE " + " AND ".join(where)
+        return (f"(SELECT {_REPORTED} FROM facts{sql} UNION ALL SELECT {_REPORTED} FROM events"
+                f"{sql} AND seq > {WATERMARK})"), args + args
 
     def latencies(self, q: Query) -> dict[str, list[float]]:
         """Each model's latencies in the window, sorted (SQLite sorts; exact percentiles)."""
-        where, args = self._where(q, "latency_ms IS NOT NULL")
+        source, args = self._rows(q, "latency_ms IS NOT NULL")
         found: dict[str, list[float]] = {}
         for model, values in self._query(
                 f"SELECT coalesce(model, '(none)'), json_group_array(latency_ms) FROM "
-                f"(SELECT model, latency_ms FROM events{where} ORDER BY latency_ms) "
+                f"(SELECT model, latency_ms FROM {source} ORDER BY latency_ms) "
                 "GROUP BY 1", args):
             found[model] = orjson.loads(values)
         return found
 
     def error_counts(self, q: Query) -> list[tuple[str | None, int, int]]:
-        where, args = self._where(q)
+        source, args = self._rows(q)
         return [tuple(row) for row in self._query(
-            f"SELECT model, count(*), count(*) FILTER (WHERE status_code >= 400) FROM events"
-            f"{where} GROUP BY model", args)]
+            f"SELECT model, count(*), count(*) FILTER (WHERE status_code >= 400) FROM {source} "
+            "GROUP BY model", args)]
 
     def top_errors(self, q: Query, per_model: int) -> dict[str | None, list[tuple[str, int]]]:
-        where, args = self._where(q, "status_code >= 400 AND error_message IS NOT NULL")
+        source, args = self._rows(q, "status_code >= 400 AND error_message IS NOT NULL")
         found: dict[str | None, list[tuple[str, int]]] = {}
         for model, message, count in self._query(
-                f"SELECT model, error_message, count(*) AS n FROM events{where} "
+                f"SELECT model, error_message, count(*) AS n FROM {source} "
                 "GROUP BY model, error_message ORDER BY n DESC", args):
             if len(found.setdefault(model, [])) < per_model:
                 found[model].append((message, count))
@@ -151,11 +187,11 @@ class Reader:
     def cost(self, q: Query, by: str) -> list[dict[str, Any]]:
         """Per UTC day (and model or user): requests, both costs, tokens."""
         key = {"day": "NULL", "model": "model", "user": "user_id"}[by]
-        where, args = self._where(q)
+        source, args = self._rows(q)
         rows = self._query(
             f"SELECT strftime('%Y-%m-%d', ts / 1000, 'unixepoch') AS day, {key} AS key, "
             "count(*), total(cost_usd), total(computed_cost_usd), total(prompt_tokens), "
-            f"total(completion_tokens), total(tokens_used) FROM events{where} "
+            f"total(completion_tokens), total(tokens_used) FROM {source} "
             "GROUP BY day, key ORDER BY day, key", args)
         names = ("day", "key", "requests", "cost_usd", "computed_cost_usd", "prompt_tokens",
                  "completion_tokens", "total_tokens")
@@ -184,6 +220,19 @@ class Reader:
             return self._conn.execute(sql, tuple(args)).fetchall()
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"store query failed: {exc}") from exc
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """One read transaction: the derived tables and the tail seen at the same moment."""
+        self._query("BEGIN", [])
+        try:
+            yield
+        finally:
+            self._query("COMMIT", [])
+
+    @classmethod
+    def _docs(cls, rows: Iterable[tuple[bytes, int, int, int]]) -> list[dict[str, Any]]:
+        return [cls._doc(doc, state) for doc, state, _, _ in rows]
 
     @staticmethod
     def _doc(doc: bytes, state: int) -> dict[str, Any]:

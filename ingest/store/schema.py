@@ -7,9 +7,20 @@ from ingest.enrich import Row
 PENDING, SHIPPED, DEAD = 0, 1, 2
 STATES = {PENDING: "pending", SHIPPED: "shipped", DEAD: "dead"}
 DB_NAME = "events.db"
-SCHEMA_VERSION = 1
+# What the reports read, beside `ts` and `seq`: in `facts` and, for the tail, in `events`.
+FACT_COLUMNS = (
+    ("model", "TEXT"), ("status_code", "INTEGER"), ("latency_ms", "REAL"), ("user_id", "TEXT"),
+    ("error_message", "TEXT"), ("cost_usd", "REAL"), ("computed_cost_usd", "REAL"),
+    ("prompt_tokens", "INTEGER"), ("completion_tokens", "INTEGER"), ("tokens_used", "INTEGER"),
+)
+SCHEMA_VERSION = 2
 
+# The acknowledgement path writes only the events table, its unique event id and the pending
+# index (both in arrival order for typical ids). Everything searched or reported by other keys
+# lives in the derived tables below, filled in bulk by `ingest.store.index` behind the ack path:
+# random-key indexes kept per commit group rewrote a page per row per index.
 SCHEMA = f"""
+PRAGMA page_size = 16384;
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY,
     event_id TEXT NOT NULL,
@@ -31,12 +42,24 @@ CREATE TABLE IF NOT EXISTS events (
     state INTEGER NOT NULL DEFAULT {PENDING}
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_event_id ON events(event_id);
-CREATE INDEX IF NOT EXISTS events_user ON events(user_id, ts) WHERE user_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS events_trace ON events(trace_id) WHERE trace_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_pending ON events(seq) WHERE state = {PENDING};
--- Covering index for the reports: a window scan reads this narrow index, not the documents.
-CREATE INDEX IF NOT EXISTS events_report ON events(ts, model, status_code, latency_ms, user_id,
-    cost_usd, computed_cost_usd, prompt_tokens, completion_tokens, tokens_used);
+-- Derived: complete up to meta.indexed_through; readers add the events after it (the tail).
+CREATE TABLE IF NOT EXISTS facts (
+    ts INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    {", ".join(f"{c} {t}" for c, t in FACT_COLUMNS)},
+    PRIMARY KEY (ts, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS by_user (
+    user_id TEXT NOT NULL, ts INTEGER NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (user_id, ts, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS by_trace (
+    trace_id TEXT NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (trace_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('indexed_through', 0);
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq INTEGER PRIMARY KEY,
     event_id TEXT NOT NULL,
@@ -55,13 +78,21 @@ CREATE TABLE IF NOT EXISTS quarantine (
 );
 PRAGMA user_version = {SCHEMA_VERSION};
 """
+# Version 1 kept every index on the events table; opening such a store drops them and the
+# indexer fills the derived tables from the events already held.
+UPGRADE_FROM_1 = """
+DROP INDEX IF EXISTS events_user;
+DROP INDEX IF EXISTS events_trace;
+DROP INDEX IF EXISTS events_report;
+"""
+WATERMARK = "(SELECT value FROM meta WHERE key = 'indexed_through')"
 COLUMNS = ", ".join(Row._fields)
 VALUES = "(" + ", ".join("?" * len(Row._fields)) + ")"
 # Multi-row statements of a few fixed sizes: far fewer calls per group, and few enough shapes
 # that every statement stays in sqlite3's statement cache.
 CHUNKS = (64, 16, 4, 1)
 INSERTS = {n: f"INSERT OR IGNORE INTO events ({COLUMNS}) VALUES " + ", ".join([VALUES] * n)
-            for n in CHUNKS}
+            + " RETURNING event_id" for n in CHUNKS}
 ID_PROBE = 500  # ids per `IN (...)` lookup, well under SQLite's bound-parameter limit
 QUARANTINE = ("INSERT OR IGNORE INTO quarantine (received_at, reason, digest, raw) "
                "VALUES (?, ?, ?, ?)")

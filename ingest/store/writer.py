@@ -8,24 +8,26 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 
 from ingest.enrich import Row
 from ingest.errors import StoreError, StoreFull, StoreUnavailable
+from ingest.store import index
+from ingest.store.durability import Durability
 from ingest.store.schema import (
     CHUNKS,
     DB_NAME,
     DEAD,
-    ID_PROBE,
     INSERTS,
     PENDING,
     PRUNE_CHUNK,
     QUARANTINE,
     ROW_OVERHEAD,
     SCHEMA,
+    SCHEMA_VERSION,
+    UPGRADE_FROM_1,
 )
 
 
@@ -70,8 +72,12 @@ class Store:
         retention_ms: int = 30 * 86_400_000,
         housekeeping_s: float = 30.0,
         keep_pending: bool = False,
+        index_batch: int = 2000,
+        index_delay_s: float = 1.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """`index_batch`, `index_delay_s`: the derived tables catch up once this many events
+        wait, or once the oldest waited this long."""
         self.path = Path(data_dir) / DB_NAME
         # With a sink, retention never deletes what has not been shipped yet.
         self.keep_pending = keep_pending
@@ -81,16 +87,21 @@ class Store:
         self.retention_ms = retention_ms
         self.housekeeping_s = housekeeping_s
         self.clock = clock
+        self.index_batch = index_batch
+        self.index_delay_s = index_delay_s
         self.full_reason: str | None = None
         self.last_error: str | None = None
         self._conn: sqlite3.Connection | None = None
         self._queued: list[_Job] = []
         self._flush_scheduled = False
-        self._committing = False
-        self._syncer: ThreadPoolExecutor | None = None
+        self._durability: Durability | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._index_timer: asyncio.TimerHandle | None = None
+        self._index_due = False
+        self._indexed_at = time.monotonic()
+        self._unindexed = 0  # events not in the derived tables yet, counted between queries
         self._checked_at = 0.0
-        self._used = 0
+        self._used = self._added = 0
 
     # lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -98,33 +109,48 @@ class Store:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                conn.close()
+                raise StoreUnavailable(
+                    f"the store at {self.path} has schema version {version}, newer than this "
+                    f"release's {SCHEMA_VERSION}: upgrade holysheep-ingest")
+            # Before anything is written: a new store's page size cannot change later.
+            conn.execute("PRAGMA page_size=16384")
             conn.execute("PRAGMA journal_mode=WAL")
-            # FULL syncs the WAL on every commit: a 2xx then survives power loss, not only a crash.
-            conn.execute(f"PRAGMA synchronous={'FULL' if self.sync == 'full' else 'NORMAL'}")
+            # A commit only writes WAL frames; `Durability` syncs them (with sync=full, before any
+            # 2xx, so it survives power loss) and checkpoints, both off the event loop.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            # After a checkpoint lets it restart, a WAL grown by a burst is cut back to this.
+            conn.execute("PRAGMA journal_size_limit=67108864")
             # Short: the writer runs on the event loop and must not sit behind another writer.
             conn.execute("PRAGMA busy_timeout=1000")
-            conn.execute("PRAGMA cache_size=-16384")
+            conn.execute("PRAGMA cache_size=-65536")
             conn.executescript(SCHEMA)
+            if version == 1:
+                conn.executescript(UPGRADE_FROM_1)
+            mark, newest = index.tail(conn)
+            self._unindexed = newest - mark
+            self._durability = Durability(self.path, full=self.sync == "full")
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"cannot open the store at {self.path}: {exc}") from exc
         self._conn = conn
-        self._syncer = ThreadPoolExecutor(1, thread_name_prefix="store-sync")
         self._check_space(force=True)
 
     def close(self) -> None:
         """Commit whatever is queued, then close. Call from the loop that wrote, or with none."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._conn is None:
+        for timer in (self._timer, self._index_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._index_timer = None
+        if self._conn is None or self._durability is None:
             return
-        if self._syncer is not None:
-            self._syncer.shutdown(wait=True)
-            self._syncer = None
         conn, jobs, self._queued = self._conn, self._queued, []
-        if jobs:
-            self._insert(conn, jobs)
-            self._finish(jobs, self._sync(conn))
+        durability, self._durability = self._durability, None
+        failed = (self._insert(conn, jobs) or self._commit(conn)) if jobs else None
+        durability.close()  # runs the callbacks still waiting for a sync
+        self._finish(jobs, failed)
         conn.close()
         self._conn = None
 
@@ -166,7 +192,7 @@ class Store:
         await self.write(())
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
-        if not self._flush_scheduled and not self._committing:
+        if not self._flush_scheduled:
             self._flush_scheduled = True
             # Runs after every request already handed to the loop has queued its rows.
             loop.call_soon(self._flush)
@@ -176,81 +202,130 @@ class Store:
     def _flush(self) -> None:
         self._flush_scheduled = False
         jobs, self._queued = self._queued, []
-        conn, syncer = self._conn, self._syncer
-        if not jobs:
+        conn = self._conn
+        if not jobs and not self._index_due:
             return
-        if conn is None or syncer is None:
+        if conn is None:
             self._finish(jobs, StoreUnavailable("the store is closed"))
             return
-        failed = self._insert(conn, jobs)
-        if failed is not None:
-            if len(jobs) > 1 and not isinstance(failed, StoreFull):
-                # Rare path: one job at a time, so one bad request cannot fail its neighbours.
-                for job in jobs:
-                    self._finish([job], self._insert(conn, [job]) or self._sync(conn))
-                return
+        failed = self._insert(conn, jobs) or self._commit(conn)
+        if failed is None:
+            self._committed(jobs)
+        elif len(jobs) > 1 and not isinstance(failed, StoreFull):
+            # Rare path: one job at a time, so one bad request cannot fail its neighbours.
+            for job in jobs:
+                failed = self._insert(conn, [job]) or self._commit(conn)
+                if failed is None:
+                    self._committed([job])
+                else:
+                    self._finish([job], failed)
+        else:
             self._finish(jobs, failed)
-            return
-        self._committing = True
-        loop = asyncio.get_running_loop()
-        syncing = loop.run_in_executor(syncer, self._sync, conn)
-        syncing.add_done_callback(lambda done: self._synced(loop, jobs, done.result()))
 
-    def _synced(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job],
-                error: StoreError | None) -> None:
-        self._committing = False
-        self._finish(jobs, error)
-        if error is None:
-            # Between exact measurements, count what was added so a burst cannot overshoot.
-            self._used += sum(len(r.doc) + len(r.raw) + ROW_OVERHEAD
-                              for job in jobs for r, new in zip(job.rows, job.inserted,
-                                                                strict=True) if new)
+    def _committed(self, jobs: list[_Job]) -> None:
+        """In the WAL: answer once durable; count what was added so a burst cannot overshoot."""
+        assert self._durability is not None
+        self._used += self._added
         self._check_space(force=self._used > self.max_bytes)
-        if self._queued:
-            self._schedule(loop)
+        self._durability.committed(asyncio.get_running_loop(),
+                                   lambda error: self._durable(jobs, error))
+
+    def _durable(self, jobs: list[_Job], error: OSError | None) -> None:
+        self._finish(jobs, None if error is None else
+                     StoreUnavailable(f"the store could not sync to disk: {error}"))
+
+    def _index_soon(self) -> None:
+        """Timer: index what waits even when no more writes come to carry it."""
+        self._index_timer = None
+        if self._conn is not None:
+            self._index_due = True
+            self._schedule(asyncio.get_running_loop())
+
+    def _index(self, conn: sqlite3.Connection) -> None:
+        """Bring the derived tables up to date in bulk, in the group's transaction.
+
+        Runs once enough events wait or the oldest waited long enough; one step takes at most
+        four batches, so a long backlog is worked off without stalling the loop for long.
+        """
+        now = time.monotonic()
+        due, self._index_due = self._index_due, False
+        # Counted, not queried, until a step may be due: the common group pays nothing here.
+        if not due and self._unindexed < self.index_batch and \
+                now - self._indexed_at < self.index_delay_s:
+            if self._unindexed:
+                self._arm_index_timer(self.index_delay_s)
+            return
+        mark, newest = index.tail(conn)
+        self._unindexed = behind = newest - mark
+        if behind <= 0:
+            return
+        if behind < self.index_batch and now - self._indexed_at < self.index_delay_s:
+            self._arm_index_timer(self.index_delay_s)
+            return
+        through = min(newest, mark + 4 * self.index_batch)
+        # A failed step must not fail the events it rides with: they are the durable part.
+        conn.execute("SAVEPOINT indexing")
+        try:
+            index.fill(conn, mark, through)
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK TO indexing")
+            self.last_error = f"indexing failed: {exc}"
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                raise
+        finally:
+            conn.execute("RELEASE indexing")
+        self._indexed_at = now
+        self._unindexed = newest - through
+        if through < newest:
+            self._arm_index_timer(0.0)
+
+    def _arm_index_timer(self, delay: float) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # closing without a loop: the next start carries on
+            return
+        if self._index_timer is None:
+            self._index_timer = loop.call_later(delay, self._index_soon)
 
     def _insert(self, conn: sqlite3.Connection, jobs: list[_Job]) -> StoreError | None:
         """BEGIN and insert every job's rows; on failure roll back and return the error."""
         try:
             conn.execute("BEGIN IMMEDIATE")
-            seen = self._existing(conn, [row[0] for job in jobs for row in job.rows])
-            new: list[Row] = []
+            rows = [row for job in jobs for row in job.rows]
+            # OR IGNORE skips ids already held (or repeated in this group); RETURNING names
+            # the rows that went in, so the dedup check costs no extra lookup.
+            stored: set[str] = set()
+            start = 0
+            while start < len(rows):
+                size = next(n for n in CHUNKS if n <= len(rows) - start)
+                stored.update(event_id for (event_id,) in conn.execute(
+                    INSERTS[size], list(chain.from_iterable(rows[start:start + size]))))
+                start += size
+            added = 0
             for job in jobs:
                 flags = job.inserted = []
                 for row in job.rows:
-                    fresh = row[0] not in seen
+                    fresh = row[0] in stored
                     flags.append(fresh)
                     if fresh:
-                        seen.add(row[0])
-                        new.append(row)
+                        stored.discard(row[0])  # a repeat later in the group is a duplicate
+                        added += len(row.doc) + len(row.raw) + ROW_OVERHEAD
+                        self._unindexed += 1
                 for bad in job.invalid:
                     digest = hashlib.sha256(bad.raw).hexdigest()
                     conn.execute(QUARANTINE, (job.received_ms, bad.reason, digest, bad.raw))
                 if job.op is not None:
                     job.op(conn)
-            start = 0
-            while start < len(new):
-                size = next(n for n in CHUNKS if n <= len(new) - start)
-                conn.execute(INSERTS[size], list(chain.from_iterable(new[start:start + size])))
-                start += size
+            self._added = added
+            self._index(conn)
         except Exception as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             return self._classify(exc)
         return None
 
-    @staticmethod
-    def _existing(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
-        """Which of `ids` the store already holds (the dedup check, one lookup per 500)."""
-        found: set[str] = set()
-        for start in range(0, len(ids), ID_PROBE):
-            part = ids[start:start + ID_PROBE]
-            sql = f"SELECT event_id FROM events WHERE event_id IN ({', '.join('?' * len(part))})"
-            found.update(event_id for (event_id,) in conn.execute(sql, part))
-        return found
-
-    def _sync(self, conn: sqlite3.Connection) -> StoreError | None:
-        """COMMIT, run on the sync thread while the loop goes on queueing the next group."""
+    def _commit(self, conn: sqlite3.Connection) -> StoreError | None:
+        """COMMIT: writes the WAL frames; `Durability` syncs them."""
         try:
             conn.execute("COMMIT")
         except Exception as exc:
@@ -283,9 +358,6 @@ class Store:
         loop = asyncio.get_running_loop()
         if self._conn is None:
             return
-        if self._committing:  # the connection is busy on the sync thread: try again shortly
-            self._timer = loop.call_later(0.05, self._housekeeping)
-            return
         try:
             more = self.prune(max_chunks=4)
         except sqlite3.Error as exc:
@@ -309,16 +381,24 @@ class Store:
         chunks = 0
         for table, key, extra in (("events", "seq", keep), ("quarantine", "id", "")):
             while True:
-                cur = conn.execute(
-                    f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} "
-                    f"ORDER BY {key} LIMIT {PRUNE_CHUNK}) AND received_at < ?{extra}", (cutoff,))
+                where = (f"{key} IN (SELECT {key} FROM {table} ORDER BY {key} "
+                         f"LIMIT {PRUNE_CHUNK}) AND received_at < ?{extra}")
+                # One transaction a chunk: events and their derived rows go together.
+                with conn:
+                    conn.execute("BEGIN IMMEDIATE")
+                    if table == "events":
+                        gone = index.forget(conn, where, (cutoff,))
+                    else:
+                        gone = conn.execute(f"DELETE FROM {table} WHERE {where}",
+                                            (cutoff,)).rowcount
                 chunks += 1
-                if cur.rowcount < PRUNE_CHUNK:
+                if gone < PRUNE_CHUNK:
                     break
                 if max_chunks is not None and chunks >= max_chunks:
                     return True
-        conn.execute("DELETE FROM dead_letters WHERE seq NOT IN (SELECT seq FROM events "
-                     f"WHERE state = {DEAD})")
+        with conn:
+            conn.execute("DELETE FROM dead_letters WHERE seq NOT IN (SELECT seq FROM events "
+                         f"WHERE state = {DEAD})")
         return False
 
     def _check_space(self, force: bool = False) -> None:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from ingest import reports
@@ -55,18 +56,20 @@ EVENTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def reader(tmp_path_factory: pytest.TempPathFactory) -> Any:
+@pytest.fixture(scope="module", params=["tail", "indexed", "split"])
+def reader(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Any:
+    """The same events all in the unindexed tail, all indexed, or some of each."""
     data: Path = tmp_path_factory.mktemp("reports")
     enricher = Enricher.default(PRICES)
+    rows = [enricher.row(dict(e), orjson.dumps(e), e["timestamp"]) for e in EVENTS]
+    first = {"tail": 0, "indexed": len(rows), "split": len(rows) // 2}[request.param]
 
     async def fill() -> None:
-        store = Store(data)
+        store = Store(data, index_batch=1, index_delay_s=0)
         store.start()
-        import orjson
-
-        await store.write([enricher.row(dict(e), orjson.dumps(e), e["timestamp"])
-                           for e in EVENTS])
+        await store.write(rows[:first])
+        store.index_batch, store.index_delay_s = 10**9, 10**9
+        await store.write(rows[first:])
         store.close()
 
     asyncio.run(fill())

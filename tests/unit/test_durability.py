@@ -1,0 +1,100 @@
+"""Durable commits: WAL fsyncs coalesced off the loop, failures reach the writers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+import orjson
+import pytest
+
+from ingest.enrich import Row
+from ingest.errors import StoreUnavailable
+from ingest.store import Store
+from ingest.store.durability import Durability
+
+
+def wal_db(tmp_path: Path) -> Path:
+    path = tmp_path / "x.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (x)")
+    conn.close()
+    Path(f"{path}-wal").touch()
+    return path
+
+
+def test_without_full_sync_commits_are_done_at_once(tmp_path: Path) -> None:
+    durability = Durability(wal_db(tmp_path), full=False)
+    seen: list[OSError | None] = []
+
+    async def run() -> None:
+        durability.committed(asyncio.get_running_loop(), seen.append)
+
+    try:
+        asyncio.run(run())
+        assert seen == [None]
+    finally:
+        durability.close()
+
+
+def test_commits_during_an_fsync_share_the_next_one(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    release = threading.Event()
+    calls: list[int] = []
+
+    def fdatasync(fd: int) -> None:
+        calls.append(fd)
+        release.wait(5)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    durability = Durability(wal_db(tmp_path), full=True)
+    done: list[str] = []
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        durability.committed(loop, lambda e: done.append("a"))
+        durability.committed(loop, lambda e: done.append("b"))  # waits: one fsync at a time
+        durability.committed(loop, lambda e: done.append("c"))
+        assert done == [] and len(calls) <= 1
+        release.set()
+        while len(done) < 3:
+            await asyncio.sleep(0.001)  # the fsync thread reports through the loop; bounded
+
+    try:
+        asyncio.run(asyncio.wait_for(run(), 10))
+        assert done == ["a", "b", "c"]
+        assert len(calls) == 2  # a alone, then b and c together
+    finally:
+        durability.close()
+
+
+def test_a_failed_fsync_fails_the_writes_it_covered(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store(tmp_path, min_free_bytes=0)
+    store.start()
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    doc = orjson.dumps({"id": "a"})
+    row = Row("a", 1, 1, None, None, None, None, None, None, None, None, None, None, None,
+              doc, doc)
+    monkeypatch.setattr(os, "fdatasync", broken)
+    try:
+        with pytest.raises(StoreUnavailable, match="could not sync"):
+            asyncio.run(store.write([row]))
+    finally:
+        monkeypatch.undo()
+        store.close()
+
+
+def test_close_syncs_what_still_waits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    durability = Durability(wal_db(tmp_path), full=True)
+    done: list[OSError | None] = []
+    durability._waiting.append(done.append)  # as if queued behind a running fsync
+    durability.close()
+    assert done == [None]
