@@ -138,8 +138,11 @@ class LatencyBucket:
             if latency is None:
                 return draft
             doc["latency_ms"] = latency
-        doc["latency_bucket"] = next((name for bound, name in self.bounds if latency < bound),
-                                     self.last)
+        for bound, name in self.bounds:
+            if latency < bound:
+                doc["latency_bucket"] = name
+                return draft
+        doc["latency_bucket"] = self.last
         return draft
 
 

@@ -40,6 +40,16 @@ class Secret:
     raw: bytes
     # Standard Webhooks secrets are `whsec_<base64>`; the library decodes them the standard way.
     standard: Webhook = field(repr=False)
+    # Keyed once: copying a keyed HMAC is cheaper than keying one per request.
+    keyed: hmac.HMAC = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keyed", hmac.new(self.raw, digestmod="sha256"))
+
+    def hexdigest(self, message: bytes) -> str:
+        mac = self.keyed.copy()
+        mac.update(message)
+        return mac.hexdigest()
 
     @classmethod
     def parse(cls, value: str) -> Secret:
@@ -124,7 +134,7 @@ def _verify_holysheep(
     matched = False
     for secret in secrets:
         # Check every secret so timing does not reveal which one matched.
-        matched |= hmac.compare_digest(hmac.digest(secret.raw, message, "sha256").hex(), given)
+        matched |= hmac.compare_digest(secret.hexdigest(message), given)
     if not matched:
         raise SignatureMismatch("signature does not match the body for any configured secret")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -41,6 +42,7 @@ _STATUS: tuple[tuple[type[IngestError], int, str], ...] = (
     (StoreError, 503, "overloaded"),
 )
 _JSON = (b"content-type", b"application/json")
+_SIGNATURE_HEADERS = frozenset(name.encode() for name in HEADERS)
 _MAX_REPORTED_ERRORS = 20
 
 
@@ -59,6 +61,13 @@ def _mapped(exc: IngestError) -> tuple[int, str]:
         if isinstance(exc, cls):
             return status, name
     return 500, "error"
+
+
+@lru_cache(maxsize=1024)
+def _answer(accepted: int, duplicates: int, quarantined: int) -> bytes:
+    # The same few answers over and over: {"accepted":1,"duplicates":0,"quarantined":0}.
+    return orjson.dumps({"accepted": accepted, "duplicates": duplicates,
+                         "quarantined": quarantined})
 
 
 def error_body(exc: IngestError) -> bytes:
@@ -111,16 +120,16 @@ class WebhookEndpoint:
         wanted: dict[str, str] = {}
         content_type = content_encoding = None
         length = 0
-        for raw_name, raw_value in scope["headers"]:
-            name = raw_name.decode("latin-1").lower()
-            if name == "content-type":
+        # ASGI servers hand header names over lowercased.
+        for name, raw_value in scope["headers"]:
+            if name == b"content-type":
                 content_type = raw_value.decode("latin-1")
-            elif name == "content-encoding":
+            elif name == b"content-encoding":
                 content_encoding = raw_value.decode("latin-1")
-            elif name == "content-length":
+            elif name == b"content-length":
                 length = int(raw_value) if raw_value.isdigit() else 0
-            elif name in HEADERS:
-                wanted[name] = raw_value.decode("latin-1")
+            elif name in _SIGNATURE_HEADERS:
+                wanted[name.decode("latin-1")] = raw_value.decode("latin-1")
         fmt = events.body_format(content_type)
         gzipped = events.check_encoding(content_encoding)
         if length > self.max_body:
@@ -147,12 +156,12 @@ class WebhookEndpoint:
         accepted = sum(inserted)
         duplicates = len(inserted) - accepted
         self._count(rows, inserted, accepted, duplicates, len(invalid))
-        answer: dict[str, Any] = {"accepted": accepted, "duplicates": duplicates,
-                                  "quarantined": len(invalid)}
-        if errors:
-            answer["errors"] = errors
         # Nothing usable at all is the sender's error; it is kept in quarantine all the same.
-        return (422 if not rows else 202), orjson.dumps(answer)
+        status = 422 if not rows else 202
+        if errors:
+            return status, orjson.dumps({"accepted": accepted, "duplicates": duplicates,
+                                         "quarantined": len(invalid), "errors": errors})
+        return status, _answer(accepted, duplicates, len(invalid))
 
     def _verified(self, headers: dict[str, str], body: bytes, gzipped: bool, now: float) -> bytes:
         """Check the signature over the wire bytes; for gzip the decompressed body may be signed."""
