@@ -21,7 +21,9 @@ class Durability:
     the fsync of the WAL file here, so the next group's inserts run while the disk syncs. One
     fsync covers every commit written before it started; at most one runs at a time.
     Checkpoints (copying the WAL back into the database) run on their own thread and
-    connection, so neither the loop nor an acknowledgement waits for them.
+    connection, so neither the loop nor an acknowledgement waits for them. Such a checkpoint
+    never catches up with a writer that keeps writing, and the WAL can only start over once
+    one has: `tidy` lets the writer copy the last few frames itself, between its commits.
     """
 
     def __init__(self, db_path: Path, *, full: bool, checkpoint_every_s: float = 1.0) -> None:
@@ -35,6 +37,7 @@ class Durability:
         self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="store-checkpoint")
         self._checkpoint_conn: sqlite3.Connection | None = None
         self._checkpointing: Future[None] | None = None
+        self._caught_up = False
         self._waiting: list[Done] = []
         self._syncing = False
         self._checkpointed_at = time.monotonic()
@@ -91,6 +94,22 @@ class Durability:
                                                         check_same_thread=False)
             # PASSIVE: copies what no reader still needs and never blocks the writer.
             self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            self.last_error = f"checkpoint failed: {exc}"
+        else:
+            self._caught_up = True
+
+    def tidy(self, conn: sqlite3.Connection) -> None:
+        """After a commit, on the writer's connection: finish a background checkpoint.
+
+        Only the frames written while it ran are left; copied with no write in progress,
+        the WAL restarts from its beginning at the next write instead of growing.
+        """
+        if not self._caught_up:
+            return
+        self._caught_up = False
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error as exc:
             self.last_error = f"checkpoint failed: {exc}"
 

@@ -74,10 +74,13 @@ class Store:
         keep_pending: bool = False,
         index_batch: int = 2000,
         index_delay_s: float = 1.0,
+        checkpoint_every_s: float = 1.0,
+        wal_limit_bytes: int = 64 << 20,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """`index_batch`, `index_delay_s`: the derived tables catch up once this many events
-        wait, or once the oldest waited this long."""
+        wait, or once the oldest waited this long. `wal_limit_bytes`: the size a WAL grown
+        by a burst is cut back to when it starts over."""
         self.path = Path(data_dir) / DB_NAME
         # With a sink, retention never deletes what has not been shipped yet.
         self.keep_pending = keep_pending
@@ -89,6 +92,8 @@ class Store:
         self.clock = clock
         self.index_batch = index_batch
         self.index_delay_s = index_delay_s
+        self.checkpoint_every_s = checkpoint_every_s
+        self.wal_limit_bytes = wal_limit_bytes
         self.full_reason: str | None = None
         self.last_error: str | None = None
         self._conn: sqlite3.Connection | None = None
@@ -122,8 +127,7 @@ class Store:
             # 2xx, so it survives power loss) and checkpoints, both off the event loop.
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA wal_autocheckpoint=0")
-            # After a checkpoint lets it restart, a WAL grown by a burst is cut back to this.
-            conn.execute("PRAGMA journal_size_limit=67108864")
+            conn.execute(f"PRAGMA journal_size_limit={int(self.wal_limit_bytes)}")
             # Short: the writer runs on the event loop and must not sit behind another writer.
             conn.execute("PRAGMA busy_timeout=1000")
             conn.execute("PRAGMA cache_size=-65536")
@@ -132,7 +136,8 @@ class Store:
                 conn.executescript(UPGRADE_FROM_1)
             mark, newest = index.tail(conn)
             self._unindexed = newest - mark
-            self._durability = Durability(self.path, full=self.sync == "full")
+            self._durability = Durability(self.path, full=self.sync == "full",
+                                          checkpoint_every_s=self.checkpoint_every_s)
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"cannot open the store at {self.path}: {exc}") from exc
         self._conn = conn
@@ -224,7 +229,8 @@ class Store:
 
     def _committed(self, jobs: list[_Job]) -> None:
         """In the WAL: answer once durable; count what was added so a burst cannot overshoot."""
-        assert self._durability is not None
+        assert self._durability is not None and self._conn is not None
+        self._durability.tidy(self._conn)
         self._used += self._added
         self._check_space(force=self._used > self.max_bytes)
         self._durability.committed(asyncio.get_running_loop(),

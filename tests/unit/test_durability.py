@@ -98,3 +98,26 @@ def test_close_syncs_what_still_waits(tmp_path: Path, monkeypatch: pytest.Monkey
     durability._waiting.append(done.append)  # as if queued behind a running fsync
     durability.close()
     assert done == [None]
+
+
+def test_the_wal_starts_over_under_continuous_writes(tmp_path: Path) -> None:
+    store = Store(tmp_path, min_free_bytes=0, checkpoint_every_s=0.01, wal_limit_bytes=1 << 20)
+    store.start()
+    blob = b"x" * 4000
+    rows = [Row(f"e{n}", 1, 1, None, None, None, None, None, None, None, None, None, None,
+                None, blob, blob) for n in range(2500)]  # ~20 MB, twenty times the limit
+
+    async def writer(first: int) -> None:
+        for start in range(first, len(rows), 100):
+            await store.write(rows[start:start + 25])
+
+    async def run() -> None:
+        # Four writers in turn keep a commit going at any time, as under load.
+        await asyncio.gather(*(writer(first) for first in (0, 25, 50, 75)))
+
+    try:
+        asyncio.run(run())
+        wal = Path(f"{store.path}-wal").stat().st_size
+    finally:
+        store.close()
+    assert wal < 4 << 20, f"the WAL grew to {wal} bytes"
