@@ -97,10 +97,12 @@ def run_receiver(work: Path, requests_file: Path, seconds: int, batch: int,
         site = next(p for p in sys.path if p.endswith("site-packages"))
         env["PYTHONPATH"] = f"{source}:{site}"
         python = [sys.executable, "-S"]
-    server = ReceiverProcess(data, cpu=0, env=env, python=python).start()
+    server = ReceiverProcess(data, cpu=0, env=env, python=python, cwd=source).start()
     try:
         result = wrk(server.webhook_url, requests_file, seconds)
         result["rss_peak_mib"] = server.rss_peak_kib() / 1024
+        with Reader(data) as reader:  # the search tables' backlog when the load stops
+            result["unindexed"] = reader.unindexed()
     finally:
         server.stop()
     reader = Reader(data)
@@ -189,6 +191,8 @@ def main() -> int:
     rss_single = max(r["single"]["rss_peak_mib"] for r in rounds)
     rss_batch = max(r["batch"]["rss_peak_mib"] for r in rounds)
     print(f"| receiver peak RSS, single / batches | {rss_single:.0f} MiB / {rss_batch:.0f} MiB |")
+    print(f"| not yet in the search tables when the load stopped, single / batches | "
+          f"{med('single', 'unindexed'):,.0f} / {med('batch', 'unindexed'):,.0f} events |")
     return 0
 
 

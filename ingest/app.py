@@ -89,8 +89,12 @@ class StoreGauges:
     async def _refresh(self) -> None:
         while self._counter is not None:
             with contextlib.suppress(StoreError):
-                self._cached = dict(await asyncio.to_thread(self._counter.state_counts))
+                self._cached = dict(await asyncio.to_thread(self._counts, self._counter))
             await asyncio.sleep(10)
+
+    @staticmethod
+    def _counts(reader: Reader) -> dict[str, int]:
+        return {**reader.state_counts(), "unindexed": reader.unindexed()}
 
     def read(self) -> dict[str, float]:
         values = dict(self._cached)

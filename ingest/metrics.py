@@ -200,6 +200,10 @@ class _StoreGauges(Collector):
             if state in values:
                 events.add_metric([state], values[state])
         yield events
+        if "unindexed" in values:
+            yield GaugeMetricFamily("ingest_store_unindexed_events", "Stored events not in the "
+                                    "search and report tables yet (found by a scan meanwhile)",
+                                    value=values["unindexed"])
         if "lag_seconds" in values:
             yield GaugeMetricFamily("ingest_shipping_lag_seconds", "Age of the oldest event not "
                                     "shipped yet; 0 when none", value=values["lag_seconds"])

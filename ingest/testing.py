@@ -105,7 +105,8 @@ class ReceiverProcess:
 
     def __init__(self, data_dir: Path, env: Mapping[str, str] | None = None,
                  secret: str = SECRET, port: int | None = None,
-                 cpu: int | None = None, python: Sequence[str] | None = None) -> None:
+                 cpu: int | None = None, python: Sequence[str] | None = None,
+                 cwd: Path | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -115,6 +116,7 @@ class ReceiverProcess:
                     **(env or {})}
         self.cpu = cpu
         self.python = list(python or [sys.executable])  # another source tree: [exe, "-S"]
+        self.cwd = cwd  # `-m ingest` finds the package in the working directory first
         self.log_path = self.data_dir.parent / f"receiver-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -124,7 +126,8 @@ class ReceiverProcess:
         if self.cpu is not None:
             cmd = ["taskset", "-c", str(self.cpu), *cmd]
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=log)
+            self.process = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=log,
+                                            cwd=self.cwd)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

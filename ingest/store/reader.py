@@ -116,6 +116,12 @@ class Reader:
         held = 0 if low is None else high - low + 1
         return {"pending": pending, "shipped": max(0, held - pending - dead), "dead": dead}
 
+    def unindexed(self) -> int:
+        """Events the search and report tables do not hold yet (readers scan them instead)."""
+        behind: int = self._query(
+            f"SELECT coalesce(max(seq), 0) - {WATERMARK} FROM events", [])[0][0]
+        return max(0, behind)
+
     def oldest_pending_ms(self) -> int | None:
         """Receive time of the oldest event not shipped yet (the shipping lag)."""
         rows = self._query(f"SELECT received_at FROM events WHERE state = {PENDING} "

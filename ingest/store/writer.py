@@ -72,7 +72,7 @@ class Store:
         retention_ms: int = 30 * 86_400_000,
         housekeeping_s: float = 30.0,
         keep_pending: bool = False,
-        index_batch: int = 2000,
+        index_batch: int = 1500,
         index_delay_s: float = 1.0,
         checkpoint_every_s: float = 1.0,
         wal_limit_bytes: int = 64 << 20,

@@ -47,6 +47,7 @@ KNOWN_METRICS = {
     "holysheep_relay_cost_usd_total": "counter",
     "ingest_webhooks_total": "counter",
     "ingest_store_events": "gauge",
+    "ingest_store_unindexed_events": "gauge",
     "ingest_shipping_lag_seconds": "gauge",
     "ingest_bulk_items_total": "counter",
     "ingest_bulk_duration_seconds": "histogram",

@@ -49,8 +49,12 @@ def test_events_wait_in_the_tail_until_a_batch_is_due(tmp_path: Path) -> None:
     try:
         asyncio.run(store.write([row(n) for n in range(4)]))
         assert mark(tmp_path) == 0
+        with Reader(tmp_path) as reader:
+            assert reader.unindexed() == 4
         asyncio.run(store.write([row(n) for n in range(4, 6)]))
         assert mark(tmp_path) == 6  # 6 waiting >= 5: indexed in the group that made it 6
+        with Reader(tmp_path) as reader:
+            assert reader.unindexed() == 0
         assert derived_counts(tmp_path) == {"facts": 6, "by_user": 6, "by_trace": 6}
         with sqlite3.connect(tmp_path / DB_NAME) as conn:
             assert conn.execute("PRAGMA page_size").fetchone()[0] == 16384

@@ -118,3 +118,6 @@ def test_store_gauges_are_read_at_scrape_time() -> None:
     values["pending"] = 4.0
     assert sample(r, "ingest_store_events", state="pending") == 4
     assert sample(r, "ingest_shipping_lag_seconds") == 42
+    assert sample(r, "ingest_store_unindexed_events") is None  # until the first count
+    values["unindexed"] = 7.0
+    assert sample(r, "ingest_store_unindexed_events") == 7
