@@ -39,13 +39,10 @@ class Durability:
         self._checkpointing: Future[None] | None = None
         self._caught_up = False
         self._waiting: list[Done] = []
-        self._syncing = False
+        # The loop an fsync in flight reports to; one that ended never will.
+        self._sync_loop: asyncio.AbstractEventLoop | None = None
         self._checkpointed_at = time.monotonic()
         self.last_error: str | None = None
-
-    @property
-    def syncing(self) -> bool:
-        return self._syncing
 
     def committed(self, loop: asyncio.AbstractEventLoop, done: Done) -> None:
         """A commit went into the WAL; call `done` once it is durable."""
@@ -55,12 +52,12 @@ class Durability:
             done(None)
             return
         self._waiting.append(done)
-        if not self._syncing:
+        if self._sync_loop is not loop:
             self._sync(loop)
 
     def _sync(self, loop: asyncio.AbstractEventLoop) -> None:
         batch, self._waiting = self._waiting, []
-        self._syncing = True
+        self._sync_loop = loop
         syncing = loop.run_in_executor(self._syncer, self._fsync)
         syncing.add_done_callback(lambda done: self._synced(loop, batch, done.result()))
 
@@ -73,7 +70,7 @@ class Durability:
 
     def _synced(self, loop: asyncio.AbstractEventLoop, batch: list[Done],
                 error: OSError | None) -> None:
-        self._syncing = False
+        self._sync_loop = None
         if error is not None:
             self.last_error = f"fsync of the WAL failed: {error}"
         for done in batch:

@@ -13,7 +13,7 @@ import orjson
 from ingest.bulk import Pending
 from ingest.errors import StoreUnavailable
 from ingest.reports import Query
-from ingest.store.schema import DB_NAME, FACT_COLUMNS, PENDING, STATES, WATERMARK
+from ingest.store.schema import DB_NAME, DERIVED, FACT_COLUMNS, PENDING, STATES, watermark
 
 _REPORTED = "ts, " + ", ".join(name for name, _ in FACT_COLUMNS)
 
@@ -88,7 +88,8 @@ class Reader:
             derived, order = "facts d", " ORDER BY d.ts DESC, d.seq DESC LIMIT ?"
             indexed = text_on("d")
         indexed_sql, indexed_args = _where(indexed)
-        tail_sql, tail_args = _where([(f"e.seq > {WATERMARK}", None), *match, *text_on("e")])
+        tail_sql, tail_args = _where([(f"e.seq > {watermark(derived.split()[0])}", None),
+                                      *match, *text_on("e")])
         with self._snapshot():
             rows = self._query(f"{select}{derived} JOIN events e ON e.seq = d.seq"
                                f"{indexed_sql}{order}", [*indexed_args, limit])
@@ -118,8 +119,9 @@ class Reader:
 
     def unindexed(self) -> int:
         """Events the search and report tables do not hold yet (readers scan them instead)."""
+        marks = ", ".join(watermark(table) for table in DERIVED)
         behind: int = self._query(
-            f"SELECT coalesce(max(seq), 0) - {WATERMARK} FROM events", [])[0][0]
+            f"SELECT coalesce(max(seq), 0) - min({marks}) FROM events", [])[0][0]
         return max(0, behind)
 
     def oldest_pending_ms(self) -> int | None:
@@ -161,7 +163,7 @@ class Reader:
         # The window's events: those indexed in `facts`, then the tail's from `events`.
         sql = " WHERE " + " AND ".join(where)
         return (f"(SELECT {_REPORTED} FROM facts{sql} UNION ALL SELECT {_REPORTED} FROM events"
-                f"{sql} AND seq > {WATERMARK})"), args + args
+                f"{sql} AND seq > {watermark('facts')})"), args + args
 
     def latencies(self, q: Query) -> dict[str, list[float]]:
         """Each model's latencies in the window, sorted (SQLite sorts; exact percentiles)."""

@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_event_id ON events(event_id);
 CREATE INDEX IF NOT EXISTS events_pending ON events(seq) WHERE state = {PENDING};
--- Derived: complete up to meta.indexed_through; readers add the events after it (the tail).
+-- Derived: each complete up to its own meta row; readers add the events after (the tail).
 CREATE TABLE IF NOT EXISTS facts (
     ts INTEGER NOT NULL,
     seq INTEGER NOT NULL,
@@ -59,7 +59,7 @@ CREATE TABLE IF NOT EXISTS by_trace (
     PRIMARY KEY (trace_id, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta (key, value) VALUES ('indexed_through', 0);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('facts', 0), ('by_user', 0), ('by_trace', 0);
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq INTEGER PRIMARY KEY,
     event_id TEXT NOT NULL,
@@ -85,7 +85,13 @@ DROP INDEX IF EXISTS events_user;
 DROP INDEX IF EXISTS events_trace;
 DROP INDEX IF EXISTS events_report;
 """
-WATERMARK = "(SELECT value FROM meta WHERE key = 'indexed_through')"
+DERIVED = ("facts", "by_user", "by_trace")
+
+
+def watermark(table: str) -> str:
+    """SQL for the last sequence number `table` holds (read in the query's own snapshot)."""
+    assert table in DERIVED
+    return f"(SELECT value FROM meta WHERE key = '{table}')"
 COLUMNS = ", ".join(Row._fields)
 VALUES = "(" + ", ".join("?" * len(Row._fields)) + ")"
 # Multi-row statements of a few fixed sizes: far fewer calls per group, and few enough shapes

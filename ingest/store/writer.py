@@ -98,7 +98,10 @@ class Store:
         self.last_error: str | None = None
         self._conn: sqlite3.Connection | None = None
         self._queued: list[_Job] = []
-        self._flush_scheduled = False
+        # The loop a flush or index timer waits on: one that ended (a CLI's asyncio.run, a
+        # test's) must not make the next loop believe its work is already scheduled.
+        self._flush_loop: asyncio.AbstractEventLoop | None = None
+        self._index_loop: asyncio.AbstractEventLoop | None = None
         self._durability: Durability | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._index_timer: asyncio.TimerHandle | None = None
@@ -130,11 +133,11 @@ class Store:
             conn.execute(f"PRAGMA journal_size_limit={int(self.wal_limit_bytes)}")
             # Short: the writer runs on the event loop and must not sit behind another writer.
             conn.execute("PRAGMA busy_timeout=1000")
-            conn.execute("PRAGMA cache_size=-65536")
+            conn.execute("PRAGMA cache_size=-16384")
             conn.executescript(SCHEMA)
             if version == 1:
                 conn.executescript(UPGRADE_FROM_1)
-            mark, newest = index.tail(conn)
+            _, mark, newest = index.tail(conn)
             self._unindexed = newest - mark
             self._durability = Durability(self.path, full=self.sync == "full",
                                           checkpoint_every_s=self.checkpoint_every_s)
@@ -197,15 +200,15 @@ class Store:
         await self.write(())
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
+        if self._flush_loop is not loop:
+            self._flush_loop = loop
             # Runs after every request already handed to the loop has queued its rows.
             loop.call_soon(self._flush)
         if self._timer is None:
             self._timer = loop.call_later(self.housekeeping_s, self._housekeeping)
 
     def _flush(self) -> None:
-        self._flush_scheduled = False
+        self._flush_loop = None
         jobs, self._queued = self._queued, []
         conn = self._conn
         if not jobs and not self._index_due:
@@ -242,7 +245,7 @@ class Store:
 
     def _index_soon(self) -> None:
         """Timer: index what waits even when no more writes come to carry it."""
-        self._index_timer = None
+        self._index_timer = self._index_loop = None
         if self._conn is not None:
             self._index_due = True
             self._schedule(asyncio.get_running_loop())
@@ -250,8 +253,9 @@ class Store:
     def _index(self, conn: sqlite3.Connection) -> None:
         """Bring the derived tables up to date in bulk, in the group's transaction.
 
-        Runs once enough events wait or the oldest waited long enough; one step takes at most
-        four batches, so a long backlog is worked off without stalling the loop for long.
+        Once `index_batch` events wait, a step fills the table furthest behind with one
+        batch: one table and one batch a step keep each stall short under load. Once the
+        oldest waited `index_delay_s`, what little waits goes into all three.
         """
         now = time.monotonic()
         due, self._index_due = self._index_due, False
@@ -261,18 +265,24 @@ class Store:
             if self._unindexed:
                 self._arm_index_timer(self.index_delay_s)
             return
-        mark, newest = index.tail(conn)
-        self._unindexed = behind = newest - mark
+        table, mark, newest = index.tail(conn)
+        behind = newest - mark
         if behind <= 0:
+            self._unindexed = 0
             return
-        if behind < self.index_batch and now - self._indexed_at < self.index_delay_s:
+        if behind >= self.index_batch:
+            steps = {table: (mark, min(newest, mark + self.index_batch))}
+        elif now - self._indexed_at >= self.index_delay_s:
+            steps = {t: (m, newest) for t, m in index.watermarks(conn).items() if m < newest}
+        else:
+            self._unindexed = behind
             self._arm_index_timer(self.index_delay_s)
             return
-        through = min(newest, mark + 4 * self.index_batch)
         # A failed step must not fail the events it rides with: they are the durable part.
         conn.execute("SAVEPOINT indexing")
         try:
-            index.fill(conn, mark, through)
+            for name, (after, through) in steps.items():
+                index.fill(conn, name, after, through)
         except sqlite3.Error as exc:
             conn.execute("ROLLBACK TO indexing")
             self.last_error = f"indexing failed: {exc}"
@@ -281,17 +291,24 @@ class Store:
         finally:
             conn.execute("RELEASE indexing")
         self._indexed_at = now
-        self._unindexed = newest - through
-        if through < newest:
+        _, mark, newest = index.tail(conn)
+        self._unindexed = newest - mark
+        if self._unindexed >= self.index_batch:  # the next table, or the rest of this one
             self._arm_index_timer(0.0)
+        elif self._unindexed:
+            self._arm_index_timer(self.index_delay_s)
 
     def _arm_index_timer(self, delay: float) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # closing without a loop: the next start carries on
             return
-        if self._index_timer is None:
-            self._index_timer = loop.call_later(delay, self._index_soon)
+        timer = self._index_timer
+        if timer is not None and self._index_loop is loop:
+            if timer.when() <= loop.time() + delay:
+                return
+            timer.cancel()  # an earlier step is due than the one waiting
+        self._index_timer, self._index_loop = loop.call_later(delay, self._index_soon), loop
 
     def _insert(self, conn: sqlite3.Connection, jobs: list[_Job]) -> StoreError | None:
         """BEGIN and insert every job's rows; on failure roll back and return the error."""
