@@ -6,9 +6,11 @@ import copy
 import json
 import math
 import re
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import chain
 from typing import Any
 
 from ingest.enrich import LatencyBucket, iso_ms
@@ -69,20 +71,21 @@ def percentile(ordered: Sequence[float], percent: float) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def bucket(latency_ms: float) -> str:
-    for bound, name in LatencyBucket().bounds:
-        if latency_ms < bound:
-            return name
-    return LatencyBucket().last
+_BOUNDS = tuple(bound for bound, _ in LatencyBucket().bounds)
+
+
+def bucket_counts(ordered: Sequence[float]) -> dict[str, int]:
+    """How many of the sorted latencies fall in each bucket (the enrichment's boundaries)."""
+    edges = [0, *(bisect_left(ordered, bound) for bound in _BOUNDS), len(ordered)]
+    return {name: high - low for name, low, high in zip(BUCKETS, edges[:-1], edges[1:],
+                                                        strict=True)}
 
 
 # Results: the same stable keys from both backends ---------------------------------------------
 def latency_result(q: Query, by_model: dict[str, list[float]], method: str) -> dict[str, Any]:
     """From each model's sorted latencies (ms)."""
-    everything = sorted(v for values in by_model.values() for v in values)
-    counts = dict.fromkeys(BUCKETS, 0)
-    for value in everything:
-        counts[bucket(value)] += 1
+    everything = sorted(chain.from_iterable(by_model.values()))  # merges sorted runs
+    counts = bucket_counts(everything)
     return {
         "question": "latency", "window": q.window(), "method": method,
         "overall": _stats(everything),

@@ -87,6 +87,7 @@ def fill_store(data_dir: Path, events: Iterable[dict[str, Any]], received_ms: in
                 batch = []
         if batch:
             await store.write(batch)
+        store.catch_up()  # as a store that has been running: search tables complete
         store.close()
 
     asyncio.run(run())

@@ -149,7 +149,9 @@ class Reader:
         return found
 
     # Report queries (ingest.reports shapes the answers) ------------------------------------
-    def _rows(self, q: Query, extra: str = "") -> tuple[str, list[Any]]:
+    def _window(self, q: Query, extra: str = "") -> tuple[tuple[str, str], list[Any]]:
+        """The window's events as two sources, `facts` and the tail of `events`, and the
+        arguments of each source's conditions."""
         where = ["ts >= ?", "ts < ?"]
         args: list[Any] = [q.since_ms, q.until_ms]
         if q.model is not None:
@@ -160,10 +162,24 @@ class Reader:
             args.append(q.user)
         if extra:
             where.append(extra)
-        # The window's events: those indexed in `facts`, then the tail's from `events`.
         sql = " WHERE " + " AND ".join(where)
-        return (f"(SELECT {_REPORTED} FROM facts{sql} UNION ALL SELECT {_REPORTED} FROM events"
-                f"{sql} AND seq > {watermark('facts')})"), args + args
+        return (f"facts{sql}", f"events{sql} AND seq > {watermark('facts')}"), args
+
+    def _rows(self, q: Query, extra: str = "") -> tuple[str, list[Any]]:
+        """The window's report columns: the indexed events and the tail's, as one subquery."""
+        (facts, tail), args = self._window(q, extra)
+        return (f"(SELECT {_REPORTED} FROM {facts} UNION ALL SELECT {_REPORTED} FROM {tail})",
+                args + args)
+
+    def _summed(self, q: Query, inner: str, outer: str, extra: str = "") -> list[Any]:
+        """`inner` (with `{source}`) run on `facts` and on the tail apart, `outer` summing both.
+
+        Aggregating each part on its own table keeps SQLite's scan of `facts` direct; an
+        aggregate over the union would pass every row through a co-routine first.
+        """
+        sources, args = self._window(q, extra)
+        parts = " UNION ALL ".join(inner.format(source=source) for source in sources)
+        return self._query(outer.format(parts=parts), args + args)
 
     def latencies(self, q: Query) -> dict[str, list[float]]:
         """Each model's latencies in the window, sorted (SQLite sorts; exact percentiles)."""
@@ -177,17 +193,19 @@ class Reader:
         return found
 
     def error_counts(self, q: Query) -> list[tuple[str | None, int, int]]:
-        source, args = self._rows(q)
-        return [tuple(row) for row in self._query(
-            f"SELECT model, count(*), count(*) FILTER (WHERE status_code >= 400) FROM {source} "
-            "GROUP BY model", args)]
+        return [tuple(row) for row in self._summed(
+            q, "SELECT model, count(*) AS n, count(*) FILTER (WHERE status_code >= 400) AS e "
+               "FROM {source} GROUP BY model",
+            "SELECT model, sum(n), sum(e) FROM ({parts}) GROUP BY model")]
 
     def top_errors(self, q: Query, per_model: int) -> dict[str | None, list[tuple[str, int]]]:
-        source, args = self._rows(q, "status_code >= 400 AND error_message IS NOT NULL")
         found: dict[str | None, list[tuple[str, int]]] = {}
-        for model, message, count in self._query(
-                f"SELECT model, error_message, count(*) AS n FROM {source} "
-                "GROUP BY model, error_message ORDER BY n DESC", args):
+        for model, message, count in self._summed(
+                q, "SELECT model, error_message, count(*) AS n FROM {source} "
+                   "GROUP BY model, error_message",
+                "SELECT model, error_message, sum(n) AS n FROM ({parts}) "
+                "GROUP BY model, error_message ORDER BY n DESC",
+                "status_code >= 400 AND error_message IS NOT NULL"):
             if len(found.setdefault(model, [])) < per_model:
                 found[model].append((message, count))
         return found
@@ -195,12 +213,13 @@ class Reader:
     def cost(self, q: Query, by: str) -> list[dict[str, Any]]:
         """Per UTC day (and model or user): requests, both costs, tokens."""
         key = {"day": "NULL", "model": "model", "user": "user_id"}[by]
-        source, args = self._rows(q)
-        rows = self._query(
-            f"SELECT strftime('%Y-%m-%d', ts / 1000, 'unixepoch') AS day, {key} AS key, "
-            "count(*), total(cost_usd), total(computed_cost_usd), total(prompt_tokens), "
-            f"total(completion_tokens), total(tokens_used) FROM {source} "
-            "GROUP BY day, key ORDER BY day, key", args)
+        rows = self._summed(
+            q, f"SELECT strftime('%Y-%m-%d', ts / 1000, 'unixepoch') AS day, {key} AS key, "
+               "count(*) AS n, total(cost_usd) AS c, total(computed_cost_usd) AS cc, "
+               "total(prompt_tokens) AS p, total(completion_tokens) AS o, total(tokens_used) AS t "
+               "FROM {source} GROUP BY day, key",
+            "SELECT day, key, sum(n), total(c), total(cc), total(p), total(o), total(t) "
+            "FROM ({parts}) GROUP BY day, key ORDER BY day, key")
         names = ("day", "key", "requests", "cost_usd", "computed_cost_usd", "prompt_tokens",
                  "completion_tokens", "total_tokens")
         out = []

@@ -250,12 +250,13 @@ class Store:
             self._index_due = True
             self._schedule(asyncio.get_running_loop())
 
-    def _index(self, conn: sqlite3.Connection) -> None:
+    def _index(self, conn: sqlite3.Connection, arrived: int = 0) -> None:
         """Bring the derived tables up to date in bulk, in the group's transaction.
 
         Once `index_batch` events wait, a step fills the table furthest behind with one
-        batch: one table and one batch a step keep each stall short under load. Once the
-        oldest waited `index_delay_s`, what little waits goes into all three.
+        batch, or with three times what `arrived` in this group (at most four batches) so
+        that big groups do not leave the tables behind: one table a step keeps each stall
+        short. Once the oldest waited `index_delay_s`, what little waits goes into all three.
         """
         now = time.monotonic()
         due, self._index_due = self._index_due, False
@@ -271,7 +272,8 @@ class Store:
             self._unindexed = 0
             return
         if behind >= self.index_batch:
-            steps = {table: (mark, min(newest, mark + self.index_batch))}
+            size = min(4 * self.index_batch, max(self.index_batch, 3 * arrived))
+            steps = {table: (mark, min(newest, mark + size))}
         elif now - self._indexed_at >= self.index_delay_s:
             steps = {t: (m, newest) for t, m in index.watermarks(conn).items() if m < newest}
         else:
@@ -297,6 +299,20 @@ class Store:
             self._arm_index_timer(0.0)
         elif self._unindexed:
             self._arm_index_timer(self.index_delay_s)
+
+    def catch_up(self) -> None:
+        """Fill the derived tables with everything stored, now (after a bulk load)."""
+        conn = self._conn
+        if conn is None:
+            raise StoreUnavailable("the store is not open")
+        while True:
+            table, mark, newest = index.tail(conn)
+            if newest <= mark:
+                break
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                index.fill(conn, table, mark, min(newest, mark + 50_000))
+        self._unindexed = 0
 
     def _arm_index_timer(self, delay: float) -> None:
         try:
@@ -340,7 +356,7 @@ class Store:
                 if job.op is not None:
                     job.op(conn)
             self._added = added
-            self._index(conn)
+            self._index(conn, len(rows))
         except Exception as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")

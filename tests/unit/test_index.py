@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from itertools import pairwise
 from pathlib import Path
 
 import orjson
@@ -77,7 +78,7 @@ def test_events_wait_in_the_tail_until_a_batch_is_due(tmp_path: Path) -> None:
         store.close()
 
 
-def test_a_step_fills_one_table_with_one_batch_and_the_rest_follows(
+def test_a_step_fills_one_table_and_the_rest_follows(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     steps: list[tuple[str, int, int]] = []
     fill = index.fill
@@ -101,8 +102,14 @@ def test_a_step_fills_one_table_with_one_batch_and_the_rest_follows(
         asyncio.run(run())
     finally:
         store.close()
-    assert steps == [(table, a, a + 10) for a in range(0, 100, 10)
-                     for table in ("facts", "by_user", "by_trace")]
+    # The group of 100 made the first step 3 x 100, capped at four batches; the timer's
+    # steps carry one batch each; every table ends complete, each range after the last.
+    assert steps[0] == ("facts", 0, 40)
+    assert all(b - a <= 10 for _, a, b in steps[1:])
+    for table in ("facts", "by_user", "by_trace"):
+        ranges = [(a, b) for t, a, b in steps if t == table]
+        assert ranges[0][0] == 0 and ranges[-1][1] == 100
+        assert all(prev[1] == nxt[0] for prev, nxt in pairwise(ranges))
 
 
 def test_once_the_delay_passed_what_waits_goes_into_every_table_at_once(
@@ -232,3 +239,16 @@ def test_a_store_from_a_newer_release_is_refused(tmp_path: Path) -> None:
         conn.execute("PRAGMA user_version = 99")
     with pytest.raises(StoreUnavailable, match="schema version 99"):
         Store(tmp_path).start()
+
+
+def test_catch_up_fills_every_table_at_once(tmp_path: Path) -> None:
+    store = open_store(tmp_path, index_batch=10**9, index_delay_s=10**9)
+    try:
+        asyncio.run(store.write([row(n) for n in range(30)]))
+        assert mark(tmp_path) == 0
+        store.catch_up()
+        assert derived_counts(tmp_path) == {"facts": 30, "by_user": 30, "by_trace": 30}
+        with Reader(tmp_path) as reader:
+            assert reader.unindexed() == 0
+    finally:
+        store.close()
