@@ -81,8 +81,9 @@ class PriceBook:
                  lookup: Lookup | None = library_lookup) -> None:
         self._overrides = {k.lower(): v for k, v in (overrides or {}).items()}
         self._lookup = lookup
+        # By (name, day), under the name as sent and as normalised: the common case skips
+        # normalising, and spellings of one model share one lookup.
         self._cache: dict[tuple[str, int], Rate | None] = {}
-        self._seen: dict[tuple[str, int], Rate | None] = {}
 
     @classmethod
     def from_file(cls, path: Path | None, lookup: Lookup | None = library_lookup) -> PriceBook:
@@ -94,29 +95,22 @@ class PriceBook:
             self.rate("gpt-4o", when_ms)
 
     def rate(self, model: str, when_ms: int) -> Rate | None:
-        # Keyed by the name as sent: the common case skips normalising it.
-        key = (model, when_ms // 86_400_000)
+        day = when_ms // 86_400_000
         try:
-            return self._seen[key]
+            return self._cache[model, day]
         except KeyError:
             pass
-        if len(self._seen) >= _CACHE_LIMIT:
-            self._seen.clear()
-        found = self._seen[key] = self._resolve(model, when_ms)
-        return found
-
-    def _resolve(self, model: str, when_ms: int) -> Rate | None:
         name = model.strip().lower()
         found = self._overrides.get(name)
         if found is not None or self._lookup is None or len(name) > _MAX_MODEL_NAME or not name:
             return found
-        key = (name, when_ms // 86_400_000)
-        if key in self._cache:
-            return self._cache[key]
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
-        rate = self._cache[key] = self._lookup(name, datetime.fromtimestamp(when_ms / 1000, UTC))
-        return rate
+        if (name, day) not in self._cache:
+            self._cache[name, day] = self._lookup(name, datetime.fromtimestamp(when_ms / 1000,
+                                                                               UTC))
+        found = self._cache[model, day] = self._cache[name, day]
+        return found
 
 
 def load_overrides(path: Path) -> dict[str, Rate]:

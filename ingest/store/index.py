@@ -33,12 +33,14 @@ def watermarks(conn: sqlite3.Connection) -> dict[str, int]:
                              f"({', '.join(repr(t) for t in DERIVED)})").fetchall())
 
 
-def tail(conn: sqlite3.Connection) -> tuple[str, int, int]:
-    """(table, watermark, newest sequence number) for the derived table furthest behind."""
-    marks = watermarks(conn)
-    table = min(DERIVED, key=lambda t: marks[t])
+def tail(conn: sqlite3.Connection) -> tuple[dict[str, int], int]:
+    """Each derived table's watermark, and the newest sequence number stored."""
     newest = conn.execute("SELECT max(seq) FROM events").fetchone()[0]
-    return table, marks[table], newest or 0
+    return watermarks(conn), newest or 0
+
+
+def furthest_behind(marks: dict[str, int]) -> str:
+    return min(DERIVED, key=lambda table: marks[table])
 
 
 def fill(conn: sqlite3.Connection, table: str, after: int, through: int) -> None:

@@ -137,8 +137,8 @@ class Store:
             conn.executescript(SCHEMA)
             if version == 1:
                 conn.executescript(UPGRADE_FROM_1)
-            _, mark, newest = index.tail(conn)
-            self._unindexed = newest - mark
+            marks, newest = index.tail(conn)
+            self._unindexed = newest - min(marks.values())
             self._durability = Durability(self.path, full=self.sync == "full",
                                           checkpoint_every_s=self.checkpoint_every_s)
         except (sqlite3.Error, OSError) as exc:
@@ -266,16 +266,17 @@ class Store:
             if self._unindexed:
                 self._arm_index_timer(self.index_delay_s)
             return
-        table, mark, newest = index.tail(conn)
-        behind = newest - mark
+        marks, newest = index.tail(conn)
+        table = index.furthest_behind(marks)
+        behind = newest - marks[table]
         if behind <= 0:
             self._unindexed = 0
             return
         if behind >= self.index_batch:
             size = min(4 * self.index_batch, max(self.index_batch, 3 * arrived))
-            steps = {table: (mark, min(newest, mark + size))}
+            steps = {table: (marks[table], min(newest, marks[table] + size))}
         elif now - self._indexed_at >= self.index_delay_s:
-            steps = {t: (m, newest) for t, m in index.watermarks(conn).items() if m < newest}
+            steps = {t: (m, newest) for t, m in marks.items() if m < newest}
         else:
             self._unindexed = behind
             self._arm_index_timer(self.index_delay_s)
@@ -285,16 +286,17 @@ class Store:
         try:
             for name, (after, through) in steps.items():
                 index.fill(conn, name, after, through)
+                marks[name] = through
         except sqlite3.Error as exc:
             conn.execute("ROLLBACK TO indexing")
             self.last_error = f"indexing failed: {exc}"
             if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
                 raise
+            marks = index.watermarks(conn)
         finally:
             conn.execute("RELEASE indexing")
         self._indexed_at = now
-        _, mark, newest = index.tail(conn)
-        self._unindexed = newest - mark
+        self._unindexed = newest - min(marks.values())
         if self._unindexed >= self.index_batch:  # the next table, or the rest of this one
             self._arm_index_timer(0.0)
         elif self._unindexed:
@@ -306,12 +308,13 @@ class Store:
         if conn is None:
             raise StoreUnavailable("the store is not open")
         while True:
-            table, mark, newest = index.tail(conn)
-            if newest <= mark:
+            marks, newest = index.tail(conn)
+            table = index.furthest_behind(marks)
+            if newest <= marks[table]:
                 break
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
-                index.fill(conn, table, mark, min(newest, mark + 50_000))
+                index.fill(conn, table, marks[table], min(newest, marks[table] + 50_000))
         self._unindexed = 0
 
     def _arm_index_timer(self, delay: float) -> None:
