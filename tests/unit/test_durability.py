@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import sys
 import threading
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from ingest.enrich import Row
 from ingest.errors import StoreUnavailable
 from ingest.store import Store
-from ingest.store.durability import Durability
+from ingest.store.durability import CHECKPOINT_NICE, Durability
 
 
 def wal_db(tmp_path: Path) -> Path:
@@ -121,3 +122,18 @@ def test_the_wal_starts_over_under_continuous_writes(tmp_path: Path) -> None:
     finally:
         store.close()
     assert wal < 4 << 20, f"the WAL grew to {wal} bytes"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread priorities are Linux only")
+def test_checkpoints_run_below_the_event_loop_priority(tmp_path: Path) -> None:
+    durability = Durability(wal_db(tmp_path), full=True)
+
+    def own_priority() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    try:
+        checkpoint = durability._checkpointer.submit(own_priority).result(timeout=10)
+        assert checkpoint == min(19, own_priority() + CHECKPOINT_NICE)
+        assert own_priority() == os.getpriority(os.PRIO_PROCESS, 0)  # the loop's is unchanged
+    finally:
+        durability.close()
