@@ -22,7 +22,7 @@ Done = Callable[[OSError | None], None]
 CHECKPOINT_NICE = 10
 
 
-def _background_priority() -> None:
+def background_priority() -> None:
     """Thread initializer: lower this thread's scheduling priority (Linux: per thread)."""
     if sys.platform == "linux":  # elsewhere the call would lower the whole process
         me = threading.get_native_id()
@@ -52,7 +52,7 @@ class Durability:
         self._fd = os.open(f"{db_path}-wal", os.O_RDWR)
         self._syncer = ThreadPoolExecutor(1, thread_name_prefix="store-fsync")
         self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="store-checkpoint",
-                                                initializer=_background_priority)
+                                                initializer=background_priority)
         self._checkpoint_conn: sqlite3.Connection | None = None
         self._checkpointing: Future[None] | None = None
         self._caught_up = False

@@ -13,7 +13,16 @@ import orjson
 from ingest.bulk import Pending
 from ingest.errors import StoreUnavailable
 from ingest.reports import Query
-from ingest.store.schema import DB_NAME, DERIVED, FACT_COLUMNS, PENDING, STATES, watermark
+from ingest.store.schema import (
+    DB_NAME,
+    DERIVED,
+    FACT_COLUMNS,
+    INDEX_NAME,
+    PENDING,
+    STATES,
+    index_schema,
+    watermark,
+)
 
 _REPORTED = "ts, " + ", ".join(name for name, _ in FACT_COLUMNS)
 
@@ -43,6 +52,12 @@ class Reader:
             self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True,
                                          check_same_thread=not threads)
             self._conn.execute("PRAGMA busy_timeout=5000")
+            index = path.parent / INDEX_NAME
+            if index.exists():
+                self._conn.execute("ATTACH DATABASE ? AS ix", (f"file:{index}?mode=ro",))
+            else:  # a store no receiver of this release has opened yet: all of it is tail
+                self._conn.execute("ATTACH DATABASE ':memory:' AS ix")
+                self._conn.executescript(index_schema("ix"))
             self._conn.create_function("casefold", 1, _casefold, deterministic=True)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open the store at {path}: {exc}") from exc
@@ -79,19 +94,19 @@ class Reader:
             sql, args = _where([*match, *text_on("e")])
             return self._docs(self._query(select + "events e" + sql + newest, [*args, limit]))
         if trace is not None:
-            derived, order = "by_trace d", newest
+            derived, order = "by_trace", newest
             indexed = [("d.trace_id = ?", trace), *match, *text_on("e")]
         elif user is not None:
-            derived, order = "by_user d", " ORDER BY d.ts DESC, d.seq DESC LIMIT ?"
+            derived, order = "by_user", " ORDER BY d.ts DESC, d.seq DESC LIMIT ?"
             indexed = [("d.user_id = ?", user), *match, *text_on("e")]
         else:  # newest first straight off the time-ordered facts, which hold the error text
-            derived, order = "facts d", " ORDER BY d.ts DESC, d.seq DESC LIMIT ?"
+            derived, order = "facts", " ORDER BY d.ts DESC, d.seq DESC LIMIT ?"
             indexed = text_on("d")
         indexed_sql, indexed_args = _where(indexed)
-        tail_sql, tail_args = _where([(f"e.seq > {watermark(derived.split()[0])}", None),
+        tail_sql, tail_args = _where([(f"e.seq > {watermark(derived)}", None),
                                       *match, *text_on("e")])
         with self._snapshot():
-            rows = self._query(f"{select}{derived} JOIN events e ON e.seq = d.seq"
+            rows = self._query(f"{select}ix.{derived} d JOIN events e ON e.seq = d.seq"
                                f"{indexed_sql}{order}", [*indexed_args, limit])
             rows += self._query(select + "events e" + tail_sql + newest, [*tail_args, limit])
         rows.sort(key=lambda r: (r[2], r[3]), reverse=True)
@@ -163,7 +178,7 @@ class Reader:
         if extra:
             where.append(extra)
         sql = " WHERE " + " AND ".join(where)
-        return (f"facts{sql}", f"events{sql} AND seq > {watermark('facts')}"), args
+        return (f"ix.facts{sql}", f"events{sql} AND seq > {watermark('facts')}"), args
 
     def _rows(self, q: Query, extra: str = "") -> tuple[str, list[Any]]:
         """The window's report columns: the indexed events and the tail's, as one subquery."""

@@ -7,18 +7,20 @@ from ingest.enrich import Row
 PENDING, SHIPPED, DEAD = 0, 1, 2
 STATES = {PENDING: "pending", SHIPPED: "shipped", DEAD: "dead"}
 DB_NAME = "events.db"
+INDEX_NAME = "index.db"  # the derived tables
 # What the reports read, beside `ts` and `seq`: in `facts` and, for the tail, in `events`.
 FACT_COLUMNS = (
     ("model", "TEXT"), ("status_code", "INTEGER"), ("latency_ms", "REAL"), ("user_id", "TEXT"),
     ("error_message", "TEXT"), ("cost_usd", "REAL"), ("computed_cost_usd", "REAL"),
     ("prompt_tokens", "INTEGER"), ("completion_tokens", "INTEGER"), ("tokens_used", "INTEGER"),
 )
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # The acknowledgement path writes only the events table, its unique event id and the pending
 # index (both in arrival order for typical ids). Everything searched or reported by other keys
-# lives in the derived tables below, filled in bulk by `ingest.store.index` behind the ack path:
-# random-key indexes kept per commit group rewrote a page per row per index.
+# lives in the derived tables of a second database file, filled in bulk on a thread of its
+# own by `ingest.store.index`: random-key indexes kept per commit group rewrote a page per row
+# per index, and filling them on the event loop stalled every request in flight.
 SCHEMA = f"""
 PRAGMA page_size = 16384;
 CREATE TABLE IF NOT EXISTS events (
@@ -43,23 +45,12 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_event_id ON events(event_id);
 CREATE INDEX IF NOT EXISTS events_pending ON events(seq) WHERE state = {PENDING};
--- Derived: each complete up to its own meta row; readers add the events after (the tail).
-CREATE TABLE IF NOT EXISTS facts (
-    ts INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    {", ".join(f"{c} {t}" for c, t in FACT_COLUMNS)},
-    PRIMARY KEY (ts, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS by_user (
-    user_id TEXT NOT NULL, ts INTEGER NOT NULL, seq INTEGER NOT NULL,
-    PRIMARY KEY (user_id, ts, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS by_trace (
-    trace_id TEXT NOT NULL, seq INTEGER NOT NULL,
-    PRIMARY KEY (trace_id, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta (key, value) VALUES ('facts', 0), ('by_user', 0), ('by_trace', 0);
+-- Events deleted since the indexer last looked: their derived rows go next. A row with
+-- `rewind` set says the newest events went, so their sequence numbers will be handed out again.
+CREATE TABLE IF NOT EXISTS forgotten (
+    id INTEGER PRIMARY KEY,
+    seq INTEGER, ts INTEGER, user_id TEXT, trace_id TEXT, rewind INTEGER
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq INTEGER PRIMARY KEY,
     event_id TEXT NOT NULL,
@@ -78,12 +69,44 @@ CREATE TABLE IF NOT EXISTS quarantine (
 );
 PRAGMA user_version = {SCHEMA_VERSION};
 """
-# Version 1 kept every index on the events table; opening such a store drops them and the
-# indexer fills the derived tables from the events already held.
-UPGRADE_FROM_1 = """
+# The derived tables, in `INDEX_NAME`: each complete up to its own meta row, which readers
+# add the events after (the tail) to. Everything here can be rebuilt from the events.
+_INDEX_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {{ix}}.facts (
+    ts INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    {", ".join(f"{c} {t}" for c, t in FACT_COLUMNS)},
+    PRIMARY KEY (ts, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS {{ix}}.by_user (
+    user_id TEXT NOT NULL, ts INTEGER NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (user_id, ts, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS {{ix}}.by_trace (
+    trace_id TEXT NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (trace_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS {{ix}}.meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO {{ix}}.meta (key, value)
+    VALUES ('facts', 0), ('by_user', 0), ('by_trace', 0), ('forgotten', 0);
+"""
+
+
+def index_schema(schema: str = "main") -> str:
+    """The derived tables' DDL, for the database attached under `schema`."""
+    return _INDEX_SCHEMA.format(ix=schema)
+
+
+# Version 1 kept every index on the events table, version 2 the derived tables beside it:
+# opening such a store drops them and the indexer fills its own file from the events held.
+UPGRADE = """
 DROP INDEX IF EXISTS events_user;
 DROP INDEX IF EXISTS events_trace;
 DROP INDEX IF EXISTS events_report;
+DROP TABLE IF EXISTS facts;
+DROP TABLE IF EXISTS by_user;
+DROP TABLE IF EXISTS by_trace;
+DROP TABLE IF EXISTS meta;
 """
 DERIVED = ("facts", "by_user", "by_trace")
 
@@ -91,7 +114,7 @@ DERIVED = ("facts", "by_user", "by_trace")
 def watermark(table: str) -> str:
     """SQL for the last sequence number `table` holds (read in the query's own snapshot)."""
     assert table in DERIVED
-    return f"(SELECT value FROM meta WHERE key = '{table}')"
+    return f"(SELECT value FROM ix.meta WHERE key = '{table}')"
 COLUMNS = ", ".join(Row._fields)
 VALUES = "(" + ", ".join("?" * len(Row._fields)) + ")"
 # Multi-row statements of a few fixed sizes: far fewer calls per group, and few enough shapes

@@ -27,7 +27,7 @@ from ingest.store.schema import (
     ROW_OVERHEAD,
     SCHEMA,
     SCHEMA_VERSION,
-    UPGRADE_FROM_1,
+    UPGRADE,
 )
 
 
@@ -78,9 +78,9 @@ class Store:
         wal_limit_bytes: int = 64 << 20,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """`index_batch`, `index_delay_s`: the derived tables catch up once this many events
-        wait, or once the oldest waited this long. `wal_limit_bytes`: the size a WAL grown
-        by a burst is cut back to when it starts over."""
+        """`index_batch`, `index_delay_s`: the indexer thread fills the derived tables once
+        this many events wait, or this long after its last round. `wal_limit_bytes`: the
+        size a WAL grown by a burst is cut back to when it starts over."""
         self.path = Path(data_dir) / DB_NAME
         # With a sink, retention never deletes what has not been shipped yet.
         self.keep_pending = keep_pending
@@ -101,15 +101,11 @@ class Store:
         # The loop a flush or index timer waits on: one that ended (a CLI's asyncio.run, a
         # test's) must not make the next loop believe its work is already scheduled.
         self._flush_loop: asyncio.AbstractEventLoop | None = None
-        self._index_loop: asyncio.AbstractEventLoop | None = None
         self._durability: Durability | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._index_timer: asyncio.TimerHandle | None = None
-        self._index_due = False
-        self._indexed_at = time.monotonic()
-        self._unindexed = 0  # events not in the derived tables yet, counted between queries
+        self._indexer: index.Indexer | None = None
         self._checked_at = 0.0
-        self._used = self._added = 0
+        self._used = self._added = self._fresh = 0
 
     # lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -134,24 +130,29 @@ class Store:
             # Short: the writer runs on the event loop and must not sit behind another writer.
             conn.execute("PRAGMA busy_timeout=1000")
             conn.execute("PRAGMA cache_size=-16384")
+            if version in (1, 2):
+                conn.executescript(UPGRADE)
             conn.executescript(SCHEMA)
-            if version == 1:
-                conn.executescript(UPGRADE_FROM_1)
-            marks, newest = index.tail(conn)
-            self._unindexed = newest - min(marks.values())
+            self._indexer = index.Indexer(self.path.parent, batch=self.index_batch,
+                                          delay_s=self.index_delay_s)
             self._durability = Durability(self.path, full=self.sync == "full",
                                           checkpoint_every_s=self.checkpoint_every_s)
         except (sqlite3.Error, OSError) as exc:
+            if self._indexer is not None:
+                self._indexer.close()
+                self._indexer = None
             raise StoreUnavailable(f"cannot open the store at {self.path}: {exc}") from exc
         self._conn = conn
         self._check_space(force=True)
 
     def close(self) -> None:
         """Commit whatever is queued, then close. Call from the loop that wrote, or with none."""
-        for timer in (self._timer, self._index_timer):
-            if timer is not None:
-                timer.cancel()
-        self._timer = self._index_timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        if self._indexer is not None:
+            self._indexer.close()
+            self._indexer = None
         if self._conn is None or self._durability is None:
             return
         conn, jobs, self._queued = self._conn, self._queued, []
@@ -211,7 +212,7 @@ class Store:
         self._flush_loop = None
         jobs, self._queued = self._queued, []
         conn = self._conn
-        if not jobs and not self._index_due:
+        if not jobs:
             return
         if conn is None:
             self._finish(jobs, StoreUnavailable("the store is closed"))
@@ -234,6 +235,8 @@ class Store:
         """In the WAL: answer once durable; count what was added so a burst cannot overshoot."""
         assert self._durability is not None and self._conn is not None
         self._durability.tidy(self._conn)
+        if self._indexer is not None:
+            self._indexer.added(self._fresh)
         self._used += self._added
         self._check_space(force=self._used > self.max_bytes)
         self._durability.committed(asyncio.get_running_loop(),
@@ -243,91 +246,11 @@ class Store:
         self._finish(jobs, None if error is None else
                      StoreUnavailable(f"the store could not sync to disk: {error}"))
 
-    def _index_soon(self) -> None:
-        """Timer: index what waits even when no more writes come to carry it."""
-        self._index_timer = self._index_loop = None
-        if self._conn is not None:
-            self._index_due = True
-            self._schedule(asyncio.get_running_loop())
-
-    def _index(self, conn: sqlite3.Connection, arrived: int = 0) -> None:
-        """Bring the derived tables up to date in bulk, in the group's transaction.
-
-        Once `index_batch` events wait, a step fills the table furthest behind with one
-        batch, or with three times what `arrived` in this group (at most four batches) so
-        that big groups do not leave the tables behind: one table a step keeps each stall
-        short. Once the oldest waited `index_delay_s`, what little waits goes into all three.
-        """
-        now = time.monotonic()
-        due, self._index_due = self._index_due, False
-        # Counted, not queried, until a step may be due: the common group pays nothing here.
-        if not due and self._unindexed < self.index_batch and \
-                now - self._indexed_at < self.index_delay_s:
-            if self._unindexed:
-                self._arm_index_timer(self.index_delay_s)
-            return
-        marks, newest = index.tail(conn)
-        table = index.furthest_behind(marks)
-        behind = newest - marks[table]
-        if behind <= 0:
-            self._unindexed = 0
-            return
-        if behind >= self.index_batch:
-            size = min(4 * self.index_batch, max(self.index_batch, 3 * arrived))
-            steps = {table: (marks[table], min(newest, marks[table] + size))}
-        elif now - self._indexed_at >= self.index_delay_s:
-            steps = {t: (m, newest) for t, m in marks.items() if m < newest}
-        else:
-            self._unindexed = behind
-            self._arm_index_timer(self.index_delay_s)
-            return
-        # A failed step must not fail the events it rides with: they are the durable part.
-        conn.execute("SAVEPOINT indexing")
-        try:
-            for name, (after, through) in steps.items():
-                index.fill(conn, name, after, through)
-                marks[name] = through
-        except sqlite3.Error as exc:
-            conn.execute("ROLLBACK TO indexing")
-            self.last_error = f"indexing failed: {exc}"
-            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
-                raise
-            marks = index.watermarks(conn)
-        finally:
-            conn.execute("RELEASE indexing")
-        self._indexed_at = now
-        self._unindexed = newest - min(marks.values())
-        if self._unindexed >= self.index_batch:  # the next table, or the rest of this one
-            self._arm_index_timer(0.0)
-        elif self._unindexed:
-            self._arm_index_timer(self.index_delay_s)
-
     def catch_up(self) -> None:
-        """Fill the derived tables with everything stored, now (after a bulk load)."""
-        conn = self._conn
-        if conn is None:
+        """Fill the derived tables with everything stored, now (after a bulk load, in tests)."""
+        if self._indexer is None:
             raise StoreUnavailable("the store is not open")
-        while True:
-            marks, newest = index.tail(conn)
-            table = index.furthest_behind(marks)
-            if newest <= marks[table]:
-                break
-            with conn:
-                conn.execute("BEGIN IMMEDIATE")
-                index.fill(conn, table, marks[table], min(newest, marks[table] + 50_000))
-        self._unindexed = 0
-
-    def _arm_index_timer(self, delay: float) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # closing without a loop: the next start carries on
-            return
-        timer = self._index_timer
-        if timer is not None and self._index_loop is loop:
-            if timer.when() <= loop.time() + delay:
-                return
-            timer.cancel()  # an earlier step is due than the one waiting
-        self._index_timer, self._index_loop = loop.call_later(delay, self._index_soon), loop
+        self._indexer.catch_up()
 
     def _insert(self, conn: sqlite3.Connection, jobs: list[_Job]) -> StoreError | None:
         """BEGIN and insert every job's rows; on failure roll back and return the error."""
@@ -343,7 +266,7 @@ class Store:
                 stored.update(event_id for (event_id,) in conn.execute(
                     INSERTS[size], list(chain.from_iterable(rows[start:start + size]))))
                 start += size
-            added = 0
+            added = new_rows = 0
             for job in jobs:
                 flags = job.inserted = []
                 for row in job.rows:
@@ -352,14 +275,13 @@ class Store:
                     if fresh:
                         stored.discard(row[0])  # a repeat later in the group is a duplicate
                         added += len(row.doc) + len(row.raw) + ROW_OVERHEAD
-                        self._unindexed += 1
+                        new_rows += 1
                 for bad in job.invalid:
                     digest = hashlib.sha256(bad.raw).hexdigest()
                     conn.execute(QUARANTINE, (job.received_ms, bad.reason, digest, bad.raw))
                 if job.op is not None:
                     job.op(conn)
-            self._added = added
-            self._index(conn, len(rows))
+            self._added, self._fresh = added, new_rows
         except Exception as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -425,7 +347,7 @@ class Store:
             while True:
                 where = (f"{key} IN (SELECT {key} FROM {table} ORDER BY {key} "
                          f"LIMIT {PRUNE_CHUNK}) AND received_at < ?{extra}")
-                # One transaction a chunk: events and their derived rows go together.
+                # One transaction a chunk: events and the keys their derived rows go by.
                 with conn:
                     conn.execute("BEGIN IMMEDIATE")
                     if table == "events":
@@ -441,7 +363,16 @@ class Store:
         with conn:
             conn.execute("DELETE FROM dead_letters WHERE seq NOT IN (SELECT seq FROM events "
                          f"WHERE state = {DEAD})")
+            if self._indexer is not None:
+                index.drop_forgotten(conn, self._indexer.forgotten)
         return False
+
+    def _index_bytes(self) -> int:
+        """The derived tables' file and its WAL: disk the store takes all the same."""
+        if self._indexer is None:
+            return 0
+        main = self._indexer.path
+        return sum(path.stat().st_size for path in (main, Path(f"{main}-wal")) if path.exists())
 
     def _check_space(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -456,10 +387,11 @@ class Store:
             free_pages = conn.execute("PRAGMA freelist_count").fetchone()[0]
             page_size = conn.execute("PRAGMA page_size").fetchone()[0]
             disk = os.statvfs(self.path.parent)
+            index_bytes = self._index_bytes()
         except (sqlite3.Error, OSError) as exc:
             self.last_error = f"cannot measure the store: {exc}"
             return
-        used = self._used = (pages - free_pages) * page_size
+        used = self._used = (pages - free_pages) * page_size + index_bytes
         free_disk = disk.f_bavail * disk.f_frsize
         if used > self.max_bytes:
             self.full_reason = f"the store holds {used} bytes, over its {self.max_bytes} limit"

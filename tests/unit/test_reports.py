@@ -65,10 +65,10 @@ def reader(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequ
     first = {"tail": 0, "indexed": len(rows), "split": len(rows) // 2}[request.param]
 
     async def fill() -> None:
-        store = Store(data, index_batch=1, index_delay_s=0)
+        store = Store(data, index_batch=10**9, index_delay_s=10**9)
         store.start()
         await store.write(rows[:first])
-        store.index_batch, store.index_delay_s = 10**9, 10**9
+        store.catch_up()
         await store.write(rows[first:])
         store.close()
 
