@@ -20,6 +20,10 @@ Done = Callable[[OSError | None], None]
 # the loop's idle time (the waits for WAL syncs) and still gets a share when the loop is
 # busy, so the WAL stays bounded.
 CHECKPOINT_NICE = 10
+# Passes a checkpoint makes over what was written during the previous one, so that little is
+# left for the writer's own pass on the loop (`tidy`).
+CHECKPOINT_PASSES = 4
+TIDY_FRAMES = 64
 
 
 def background_priority() -> None:
@@ -40,7 +44,8 @@ class Durability:
     Checkpoints (copying the WAL back into the database) run on their own thread and
     connection, so neither the loop nor an acknowledgement waits for them. Such a checkpoint
     never catches up with a writer that keeps writing, and the WAL can only start over once
-    one has: `tidy` lets the writer copy the last few frames itself, between its commits.
+    one has: it goes over what was written meanwhile a few times, and `tidy` lets the writer
+    copy the last few frames itself, between its commits.
     """
 
     def __init__(self, db_path: Path, *, full: bool, checkpoint_every_s: float = 1.0) -> None:
@@ -108,7 +113,11 @@ class Durability:
                 self._checkpoint_conn = sqlite3.connect(self._db_path, isolation_level=None,
                                                         check_same_thread=False)
             # PASSIVE: copies what no reader still needs and never blocks the writer.
-            self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            for _ in range(CHECKPOINT_PASSES):
+                _, log, copied = self._checkpoint_conn.execute(
+                    "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if log - copied <= TIDY_FRAMES:
+                    break
         except sqlite3.Error as exc:
             self.last_error = f"checkpoint failed: {exc}"
         else:

@@ -15,7 +15,7 @@ import pytest
 from ingest.enrich import Row
 from ingest.errors import StoreUnavailable
 from ingest.store import Store
-from ingest.store.durability import CHECKPOINT_NICE, Durability
+from ingest.store.durability import CHECKPOINT_NICE, CHECKPOINT_PASSES, TIDY_FRAMES, Durability
 
 
 def wal_db(tmp_path: Path) -> Path:
@@ -136,4 +136,44 @@ def test_checkpoints_run_below_the_event_loop_priority(tmp_path: Path) -> None:
         assert checkpoint == min(19, own_priority() + CHECKPOINT_NICE)
         assert own_priority() == os.getpriority(os.PRIO_PROCESS, 0)  # the loop's is unchanged
     finally:
+        durability.close()
+
+
+class _Checkpoints:
+    """A connection whose WAL still holds (log, copied) frames after each checkpoint."""
+
+    def __init__(self, *results: tuple[int, int]) -> None:
+        self.results = list(results)
+        self.calls = 0
+
+    def execute(self, sql: str) -> _Checkpoints:
+        assert sql == "PRAGMA wal_checkpoint(PASSIVE)"
+        self.calls += 1
+        return self
+
+    def fetchone(self) -> tuple[int, int, int]:
+        log, copied = self.results.pop(0)
+        return 0, log, copied
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("results", "passes"), [
+    ([(5000, 5000)], 1),                                  # caught up at once
+    ([(5000, 3000), (6000, 5950), (6000, 6000)], 2),      # a second pass for what came in
+    ([(9000, 0)] * (CHECKPOINT_PASSES + 1), CHECKPOINT_PASSES),  # a writer that never lets up
+])
+def test_a_checkpoint_goes_over_what_was_written_meanwhile(
+        tmp_path: Path, results: list[tuple[int, int]], passes: int) -> None:
+    durability = Durability(wal_db(tmp_path), full=True)
+    fake = _Checkpoints(*results)
+    durability._checkpoint_conn = fake  # type: ignore[assignment]
+    try:
+        durability._run_checkpoint()
+        assert fake.calls == passes
+        assert durability._caught_up
+        assert 5000 - 3000 > TIDY_FRAMES >= 6000 - 5950  # what the cases stand for
+    finally:
+        durability._checkpoint_conn = None
         durability.close()
