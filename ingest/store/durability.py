@@ -9,7 +9,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,6 +24,54 @@ CHECKPOINT_NICE = 10
 # left for the writer's own pass on the loop (`tidy`).
 CHECKPOINT_PASSES = 4
 TIDY_FRAMES = 64
+# How long a checkpoint waits for the WAL's other readers to finish a read, and they for the
+# WAL to start over, before going ahead anyway.
+READ_GATE_WAIT_S = 1.0
+
+
+class ReadGate:
+    """Keeps the WAL's other readers (the indexer) out while it can start over.
+
+    The writer starts the WAL over at its first commit after a checkpoint copied all of
+    it, and only if nobody reads from the WAL at that moment. A checkpoint closes the gate
+    once it is done (new readers wait, the ones inside finish) and the writer opens it after
+    that commit; a reader that waited `READ_GATE_WAIT_S` (a writer gone quiet) goes ahead.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._inside = 0
+        self._closed = False
+        self._closing = False  # so that a reader coming back at once cannot starve `close`
+
+    def close(self) -> None:
+        """Checkpoint thread: wait for the readers inside, then keep new ones out."""
+        with self._cond:
+            self._closing = True
+            self._closed = self._cond.wait_for(lambda: self._inside == 0, READ_GATE_WAIT_S)
+            self._closing = False
+            self._cond.notify_all()
+
+    def open(self) -> None:
+        with self._cond:
+            if self._closed:
+                self._closed = False
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Around each read transaction of another connection."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: not (self._closed or self._closing),
+                                       READ_GATE_WAIT_S):
+                self._closed = False
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._inside -= 1
+                self._cond.notify_all()
 
 
 def background_priority() -> None:
@@ -61,6 +109,8 @@ class Durability:
         self._checkpoint_conn: sqlite3.Connection | None = None
         self._checkpointing: Future[None] | None = None
         self._caught_up = False
+        self.readers = ReadGate()
+        self._restart_next = False
         self._waiting: list[Done] = []
         # The loop an fsync in flight reports to; one that ended never will.
         self._sync_loop: asyncio.AbstractEventLoop | None = None
@@ -69,7 +119,10 @@ class Durability:
 
     def committed(self, loop: asyncio.AbstractEventLoop, done: Done) -> None:
         """A commit went into the WAL; call `done` once it is durable."""
-        if time.monotonic() - self._checkpointed_at >= self.checkpoint_every_s:
+        # Not while the WAL is about to start over: a checkpoint running at the next commit
+        # would hold the lock that commit needs to restart it.
+        if time.monotonic() - self._checkpointed_at >= self.checkpoint_every_s and \
+                not (self._caught_up or self._restart_next):
             self._checkpoint()
         if not self.full:
             done(None)
@@ -121,6 +174,7 @@ class Durability:
         except sqlite3.Error as exc:
             self.last_error = f"checkpoint failed: {exc}"
         else:
+            self.readers.close()
             self._caught_up = True
 
     def tidy(self, conn: sqlite3.Connection) -> None:
@@ -129,6 +183,9 @@ class Durability:
         Only the frames written while it ran are left; copied with no write in progress,
         the WAL restarts from its beginning at the next write instead of growing.
         """
+        if self._restart_next:  # the commit just made started the WAL over if it could
+            self._restart_next = False
+            self.readers.open()
         if not self._caught_up:
             return
         self._caught_up = False
@@ -136,11 +193,13 @@ class Durability:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error as exc:
             self.last_error = f"checkpoint failed: {exc}"
+        self._restart_next = True
 
     def close(self) -> None:
         """Sync what is left and stop both threads (no loop needed)."""
         self._syncer.shutdown(wait=True)
         self._checkpointer.shutdown(wait=True)
+        self.readers.open()
         error = self._fsync() if self.full else None
         for done in self._waiting:
             done(error)

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from ingest.store.durability import background_priority
+from ingest.store.durability import ReadGate, background_priority
 from ingest.store.schema import DB_NAME, DERIVED, FACT_COLUMNS, INDEX_NAME, index_schema
 
 _FACTS = ", ".join(name for name, _ in FACT_COLUMNS)
@@ -73,8 +73,11 @@ class Indexer:
     costs search time, never a wrong answer.
     """
 
-    def __init__(self, data_dir: Path, *, batch: int = 1500, delay_s: float = 1.0) -> None:
+    def __init__(self, data_dir: Path, *, batch: int = 1500, delay_s: float = 1.0,
+                 readers: ReadGate | None = None) -> None:
+        """`readers`: the gate each read of the events goes through."""
         self.path = Path(data_dir) / INDEX_NAME
+        self._readers = readers or ReadGate()
         self.batch = batch
         self.delay_s = delay_s
         self.last_error: str | None = None
@@ -143,8 +146,11 @@ class Indexer:
 
     def _round(self) -> None:
         """Apply what was forgotten, then fill each table behind in steps of `STEP` events."""
-        while not self._stop and self._step():
-            pass
+        while not self._stop:
+            with self._readers.reading():
+                more = self._step()
+            if not more:
+                return
 
     def _step(self) -> bool:
         """One transaction; True if there is more to do."""

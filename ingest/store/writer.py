@@ -133,14 +133,18 @@ class Store:
             if version in (1, 2):
                 conn.executescript(UPGRADE)
             conn.executescript(SCHEMA)
-            self._indexer = index.Indexer(self.path.parent, batch=self.index_batch,
-                                          delay_s=self.index_delay_s)
             self._durability = Durability(self.path, full=self.sync == "full",
                                           checkpoint_every_s=self.checkpoint_every_s)
+            self._indexer = index.Indexer(self.path.parent, batch=self.index_batch,
+                                          delay_s=self.index_delay_s,
+                                          readers=self._durability.readers)
         except (sqlite3.Error, OSError) as exc:
             if self._indexer is not None:
                 self._indexer.close()
                 self._indexer = None
+            if self._durability is not None:
+                self._durability.close()
+                self._durability = None
             raise StoreUnavailable(f"cannot open the store at {self.path}: {exc}") from exc
         self._conn = conn
         self._check_space(force=True)
