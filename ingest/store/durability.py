@@ -21,7 +21,9 @@ Done = Callable[[OSError | None], None]
 # busy, so the WAL stays bounded.
 CHECKPOINT_NICE = 10
 # Passes a checkpoint makes over what was written during the previous one, so that little is
-# left for the writer's own pass on the loop (`tidy`).
+# left for the writer's own pass on the loop (`tidy`). Only while each pass at least halves
+# what is left: a checkpoint thread starved by a busy loop never catches up by itself, and
+# its passes would only put off the WAL starting over (seconds, hundreds of MiB of WAL).
 CHECKPOINT_PASSES = 4
 TIDY_FRAMES = 64
 # How long a checkpoint waits for the WAL's other readers to finish a read, and they for the
@@ -166,11 +168,13 @@ class Durability:
                 self._checkpoint_conn = sqlite3.connect(self._db_path, isolation_level=None,
                                                         check_same_thread=False)
             # PASSIVE: copies what no reader still needs and never blocks the writer.
+            left = None
             for _ in range(CHECKPOINT_PASSES):
                 _, log, copied = self._checkpoint_conn.execute(
                     "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                if log - copied <= TIDY_FRAMES:
+                if log - copied <= TIDY_FRAMES or (left is not None and log - copied > left / 2):
                     break
+                left = log - copied
         except sqlite3.Error as exc:
             self.last_error = f"checkpoint failed: {exc}"
         else:

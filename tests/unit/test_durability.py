@@ -192,7 +192,9 @@ class _Checkpoints:
 @pytest.mark.parametrize(("results", "passes"), [
     ([(5000, 5000)], 1),                                  # caught up at once
     ([(5000, 3000), (6000, 5950), (6000, 6000)], 2),      # a second pass for what came in
-    ([(9000, 0)] * (CHECKPOINT_PASSES + 1), CHECKPOINT_PASSES),  # a writer that never lets up
+    ([(10000, 0), (12000, 8000), (12500, 11000), (12600, 12590), (12600, 12600)],
+     CHECKPOINT_PASSES),                                  # converging, but not done at the cap
+    ([(9000, 0), (12000, 3000), (12000, 12000)], 2),      # outpaced: leave the rest to `tidy`
 ])
 def test_a_checkpoint_goes_over_what_was_written_meanwhile(
         tmp_path: Path, results: list[tuple[int, int]], passes: int) -> None:
