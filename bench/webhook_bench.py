@@ -36,14 +36,21 @@ HERE = Path(__file__).resolve().parent
 LUA = HERE / "wrk_presigned.lua"
 
 
-def presign(path: Path, requests: int, batch: int, run: str) -> None:
-    """Write `requests` signed bodies (each `batch` events with fresh ids) for the Lua script."""
+def presign(path: Path, requests: int, batch: int, run: str, random_ids: bool = False) -> None:
+    """Write `requests` signed bodies (each `batch` events with fresh ids) for the Lua script.
+
+    Ids count up in arrival order unless `random_ids`: then they are random, as a relay
+    that names requests by UUID sends them.
+    """
     rng = random.Random(7)
     now_ms = int(time.time() * 1000)
     ts = int(time.time())
     with path.open("wb") as out:
         for r in range(requests):
             events = [sample_event(r * batch + i, rng, now_ms, run) for i in range(batch)]
+            if random_ids:
+                for event in events:
+                    event["id"] = f"req_{rng.getrandbits(128):032x}"
             body = orjson.dumps(events[0] if batch == 1 else events)
             out.write(f"{ts}\t{sign(SECRET, ts, body)}\t".encode() + body + b"\n")
 
@@ -125,6 +132,8 @@ def main() -> int:
                         help="pre-signed single-event requests per round (must exceed what "
                              "the receiver can take in --seconds)")
     parser.add_argument("--batch-requests", type=int, default=5_000)
+    parser.add_argument("--random-ids", action="store_true",
+                        help="random event ids instead of ids in arrival order")
     parser.add_argument("--receiver-src", type=Path, action="append", default=[],
                         help="run the receiver from this source tree instead (repeat to "
                              "compare versions round by round: A/B/A/B...)")
@@ -141,9 +150,11 @@ def main() -> int:
             presign(singles, args.single_requests, 1, f"r{n}s{time.time_ns()}")
             minimal = run_minimal(singles, args.seconds)
             for source in args.receiver_src or [None]:
-                presign(singles, args.single_requests, 1, f"r{n}s{time.time_ns()}")
+                presign(singles, args.single_requests, 1, f"r{n}s{time.time_ns()}",
+                        args.random_ids)
                 single = run_receiver(work, singles, args.seconds, 1, source)
-                presign(batches, args.batch_requests, 100, f"r{n}b{time.time_ns()}")
+                presign(batches, args.batch_requests, 100, f"r{n}b{time.time_ns()}",
+                        args.random_ids)
                 batch = run_receiver(work, batches, max(3, args.seconds // 2), 100, source)
                 rounds.append({"minimal": minimal, "single": single, "batch": batch,
                                "source": str(source or "")})
