@@ -22,7 +22,7 @@ SCHEMA_VERSION = 3
 # own by `ingest.store.index`: random-key indexes kept per commit group rewrote a page per row
 # per index, and filling them on the event loop stalled every request in flight.
 SCHEMA = f"""
-PRAGMA page_size = 4096;
+PRAGMA page_size = 16384;
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY,
     event_id TEXT NOT NULL,

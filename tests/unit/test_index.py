@@ -78,7 +78,7 @@ def test_events_wait_in_the_tail_until_a_batch_is_due(tmp_path: Path) -> None:
         with sqlite3.connect(tmp_path / INDEX_NAME) as conn:
             assert conn.execute("PRAGMA page_size").fetchone()[0] == 4096
         with sqlite3.connect(tmp_path / DB_NAME) as conn:
-            assert conn.execute("PRAGMA page_size").fetchone()[0] == 4096
+            assert conn.execute("PRAGMA page_size").fetchone()[0] == 16384
             names = {n for (n,) in conn.execute("SELECT name FROM sqlite_master")}
         assert {"facts", "by_user", "by_trace", "meta"}.isdisjoint(names)
     finally:
