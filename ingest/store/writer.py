@@ -98,8 +98,8 @@ class Store:
         self.last_error: str | None = None
         self._conn: sqlite3.Connection | None = None
         self._queued: list[_Job] = []
-        # The loop a flush or index timer waits on: one that ended (a CLI's asyncio.run, a
-        # test's) must not make the next loop believe its work is already scheduled.
+        # The loop a flush waits on: one that ended (a CLI's asyncio.run, a test's) must not
+        # make the next loop believe its work is already scheduled.
         self._flush_loop: asyncio.AbstractEventLoop | None = None
         self._durability: Durability | None = None
         self._timer: asyncio.TimerHandle | None = None
