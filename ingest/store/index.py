@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,7 +32,14 @@ _FORGET = (
     "DELETE FROM by_trace WHERE trace_id = ? AND seq = ?",
 )
 _MARKS = f"SELECT key, value FROM meta WHERE key IN ({', '.join(repr(t) for t in DERIVED)})"
+log = logging.getLogger("ingest.store")
 STEP = 20_000  # events per table and transaction: big steps rewrite fewer pages per event
+
+
+def _broken(exc: sqlite3.Error) -> bool:
+    """The file is not a database or is corrupt (rather than busy, full or unreadable)."""
+    return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_CORRUPT,
+                                                      sqlite3.SQLITE_NOTADB)
 
 
 def watermarks(conn: sqlite3.Connection, schema: str = "main") -> dict[str, int]:
@@ -86,7 +95,13 @@ class Indexer:
         self._wake = threading.Event()
         self._stop = False
         self._lock = threading.Lock()  # one round at a time: the thread's or `catch_up`'s
-        self._conn = self._open(Path(data_dir) / DB_NAME)
+        self._events = Path(data_dir) / DB_NAME
+        try:
+            self._conn = self._open(self._events)
+        except sqlite3.DatabaseError as exc:
+            if not _broken(exc):
+                raise
+            self._conn = self._rebuild(exc)
         self._thread = threading.Thread(target=self._run, name="store-index", daemon=True)
         self._thread.start()
 
@@ -109,6 +124,18 @@ class Indexer:
             conn.close()
             raise
         return conn
+
+    def _rebuild(self, exc: sqlite3.Error) -> sqlite3.Connection:
+        """Everything here derives from the events: a damaged file is set aside and refilled,
+        never a reason for the receiver not to start."""
+        aside = self.path.with_name(f"{INDEX_NAME}.broken-{time.time_ns() // 1_000_000}")
+        log.warning("%s is damaged (%s): moved to %s, the search tables are filled again",
+                    self.path, exc, aside.name)
+        self.path.rename(aside)
+        for suffix in ("-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        self.forgotten = 0
+        return self._open(self._events)
 
     def added(self, count: int) -> None:
         """On the loop, after a commit: `count` more events wait."""
@@ -141,8 +168,18 @@ class Indexer:
                     self._round()
                 except sqlite3.Error as exc:
                     self.last_error = f"indexing failed: {exc}"
+                    if _broken(exc):
+                        self._replace_broken(exc)
                 else:
                     self.last_error = None
+
+    def _replace_broken(self, exc: sqlite3.Error) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.close()
+        try:
+            self._conn = self._rebuild(exc)
+        except (sqlite3.Error, OSError) as again:
+            self.last_error = f"cannot rebuild {self.path}: {again}"
 
     def _round(self) -> None:
         """Apply what was forgotten, then fill each table behind in steps of `STEP` events."""

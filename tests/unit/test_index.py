@@ -272,3 +272,24 @@ def test_a_store_from_a_newer_release_is_refused(tmp_path: Path) -> None:
         conn.execute("PRAGMA user_version = 99")
     with pytest.raises(StoreUnavailable, match="schema version 99"):
         Store(tmp_path).start()
+
+
+def test_a_damaged_index_file_is_set_aside_and_filled_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = open_store(tmp_path, **QUIET)
+    asyncio.run(store.write([row(1), row(2, user="v")]))
+    store.catch_up()
+    store.close()
+    for name in (INDEX_NAME, f"{INDEX_NAME}-wal", f"{INDEX_NAME}-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    (tmp_path / INDEX_NAME).write_bytes(b"not a database at all, " * 200)
+    again = open_store(tmp_path, **QUIET)  # starts all the same
+    try:
+        assert [p.name for p in tmp_path.glob(f"{INDEX_NAME}.broken-*")] != []
+        assert "is damaged" in caplog.text
+        again.catch_up()
+        assert derived_counts(tmp_path) == {"facts": 2, "by_user": 2, "by_trace": 2}
+        with Reader(tmp_path) as reader:
+            assert [d["id"] for d in reader.search(user="v")] == ["e2"]
+    finally:
+        again.close()
