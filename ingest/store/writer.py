@@ -131,7 +131,9 @@ class Store:
             conn.execute(f"PRAGMA journal_size_limit={int(self.wal_limit_bytes)}")
             # Short: the writer runs on the event loop and must not sit behind another writer.
             conn.execute("PRAGMA busy_timeout=1000")
-            conn.execute("PRAGMA cache_size=-16384")
+            # 8 MiB: the ack path touches the newest pages only, and 16 MiB cost 9 MiB of peak
+            # memory under batches for nothing measurable.
+            conn.execute("PRAGMA cache_size=-8192")
             if version in (1, 2):
                 conn.executescript(UPGRADE)
             conn.executescript(SCHEMA)
