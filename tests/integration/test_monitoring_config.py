@@ -65,6 +65,7 @@ ALERTS = {
     "HolySheepIngestDown": "critical",
     "HolySheepShippingLagHigh": "critical",
     "HolySheepDeadLettersGrowing": "critical",
+    "HolySheepSearchTablesBehind": "warning",
     "HolySheepDailySpendNearBudget": "warning",
     "HolySheepDailySpendOverBudget": "critical",
 }
