@@ -31,7 +31,7 @@ _FORGET = (
     "DELETE FROM by_user WHERE user_id = ? AND ts = ? AND seq = ?",
     "DELETE FROM by_trace WHERE trace_id = ? AND seq = ?",
 )
-_MARKS = f"SELECT key, value FROM meta WHERE key IN ({', '.join(repr(t) for t in DERIVED)})"
+_DERIVED_KEYS = f"key IN ({', '.join(repr(t) for t in DERIVED)})"
 log = logging.getLogger("ingest.store")
 STEP = 20_000  # events per table and transaction: big steps rewrite fewer pages per event
 
@@ -42,9 +42,9 @@ def _broken(exc: sqlite3.Error) -> bool:
                                                       sqlite3.SQLITE_NOTADB)
 
 
-def watermarks(conn: sqlite3.Connection, schema: str = "main") -> dict[str, int]:
+def watermarks(conn: sqlite3.Connection) -> dict[str, int]:
     """The last sequence number each derived table holds."""
-    return dict(conn.execute(_MARKS.replace("FROM meta", f"FROM {schema}.meta")).fetchall())
+    return dict(conn.execute(f"SELECT key, value FROM meta WHERE {_DERIVED_KEYS}").fetchall())
 
 
 def forget(conn: sqlite3.Connection, where: str, args: Sequence[object] = ()) -> int:
@@ -97,7 +97,7 @@ class Indexer:
         self._lock = threading.Lock()  # one round at a time: the thread's or `catch_up`'s
         self._events = Path(data_dir) / DB_NAME
         try:
-            self._conn = self._open(self._events)
+            self._conn = self._open()
         except sqlite3.DatabaseError as exc:
             if not _broken(exc):
                 raise
@@ -105,7 +105,7 @@ class Indexer:
         self._thread = threading.Thread(target=self._run, name="store-index", daemon=True)
         self._thread.start()
 
-    def _open(self, events: Path) -> sqlite3.Connection:
+    def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(f"file:{self.path}", uri=True, isolation_level=None,
                                check_same_thread=False)
         try:
@@ -117,7 +117,7 @@ class Indexer:
             conn.execute("PRAGMA journal_size_limit=67108864")
             conn.executescript(index_schema())
             # Read-only: no statement of the indexer can take the events' write lock.
-            conn.execute("ATTACH DATABASE ? AS ev", (f"file:{events}?mode=ro",))
+            conn.execute("ATTACH DATABASE ? AS ev", (f"file:{self._events}?mode=ro",))
             self.forgotten = conn.execute(
                 "SELECT value FROM meta WHERE key = 'forgotten'").fetchone()[0]
         except sqlite3.Error:
@@ -134,8 +134,7 @@ class Indexer:
         self.path.rename(aside)
         for suffix in ("-wal", "-shm"):
             Path(f"{self.path}{suffix}").unlink(missing_ok=True)
-        self.forgotten = 0
-        return self._open(self._events)
+        return self._open()
 
     def added(self, count: int) -> None:
         """On the loop, after a commit: `count` more events wait."""
@@ -213,9 +212,9 @@ class Indexer:
         return min(marks.values()) < newest
 
     def _apply_forgotten(self, conn: sqlite3.Connection) -> int | None:
-        done = conn.execute("SELECT value FROM meta WHERE key = 'forgotten'").fetchone()[0]
+        # `self.forgotten` is the meta row: only this connection writes it, one round at a time.
         rows = conn.execute("SELECT id, seq, ts, user_id, trace_id, rewind FROM ev.forgotten "
-                            "WHERE id > ? ORDER BY id", (done,)).fetchall()
+                            "WHERE id > ? ORDER BY id", (self.forgotten,)).fetchall()
         if not rows:
             return None
         gone = [row for row in rows if row[1] is not None]
@@ -226,8 +225,8 @@ class Indexer:
                                       if trace is not None])
         for *_, rewind in rows:
             if rewind is not None:
-                conn.execute("UPDATE meta SET value = min(value, ?) WHERE key IN "
-                             f"({', '.join(repr(t) for t in DERIVED)})", (rewind,))
+                conn.execute(f"UPDATE meta SET value = min(value, ?) WHERE {_DERIVED_KEYS}",
+                             (rewind,))
         last: int = rows[-1][0]
         conn.execute("UPDATE meta SET value = ? WHERE key = 'forgotten'", (last,))
         return last

@@ -143,9 +143,7 @@ class Store:
                                           delay_s=self.index_delay_s,
                                           readers=self._durability.readers)
         except (sqlite3.Error, OSError) as exc:
-            if self._indexer is not None:
-                self._indexer.close()
-                self._indexer = None
+            self._stop_indexer()
             if self._durability is not None:
                 self._durability.close()
                 self._durability = None
@@ -158,9 +156,7 @@ class Store:
         if self._timer is not None:
             self._timer.cancel()
         self._timer = None
-        if self._indexer is not None:
-            self._indexer.close()
-            self._indexer = None
+        self._stop_indexer()
         if self._conn is None or self._durability is None:
             return
         conn, jobs, self._queued = self._conn, self._queued, []
@@ -170,6 +166,11 @@ class Store:
         self._finish(jobs, failed)
         conn.close()
         self._conn = None
+
+    def _stop_indexer(self) -> None:
+        if self._indexer is not None:
+            self._indexer.close()
+            self._indexer = None
 
     @property
     def running(self) -> bool:
