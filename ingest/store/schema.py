@@ -45,6 +45,10 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_event_id ON events(event_id);
 CREATE INDEX IF NOT EXISTS events_pending ON events(seq) WHERE state = {PENDING};
+-- Shipped and dead events in order, for retention with a sink: unshipped events at the front
+-- must not hide the shipped ones behind them. Events are stored pending, so the ack path never
+-- touches it; marking an event shipped appends to it. Opening an older store builds it once.
+CREATE INDEX IF NOT EXISTS events_settled ON events(seq) WHERE state != {PENDING};
 -- Events deleted since the indexer last looked: their derived rows go next. A row with
 -- `rewind` set says the newest events went, so their sequence numbers will be handed out again.
 CREATE TABLE IF NOT EXISTS forgotten (

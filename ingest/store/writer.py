@@ -345,17 +345,19 @@ class Store:
         """Delete events and quarantined items older than the retention; True if more remain.
 
         Rows are taken oldest first by sequence, which follows receive order: no index on
-        receive time is needed, which keeps every insert cheaper.
+        receive time is needed, which keeps every insert cheaper. With a sink, only shipped
+        and dead events expire, taken in order from their own index: unshipped ones at the
+        front (a sink down for longer than the retention) are stepped over, not stopped at.
         """
         conn = self._conn
         assert conn is not None
         cutoff = int(self.clock() * 1000) - self.retention_ms
-        keep = f" AND state != {PENDING}" if self.keep_pending else ""
+        settled = f" WHERE state != {PENDING}" if self.keep_pending else ""
         chunks = 0
-        for table, key, extra in (("events", "seq", keep), ("quarantine", "id", "")):
+        for table, key, among in (("events", "seq", settled), ("quarantine", "id", "")):
             while True:
-                where = (f"{key} IN (SELECT {key} FROM {table} ORDER BY {key} "
-                         f"LIMIT {PRUNE_CHUNK}) AND received_at < ?{extra}")
+                where = (f"{key} IN (SELECT {key} FROM {table}{among} ORDER BY {key} "
+                         f"LIMIT {PRUNE_CHUNK}) AND received_at < ?")
                 # One transaction a chunk: events and the keys their derived rows go by.
                 with conn:
                     conn.execute("BEGIN IMMEDIATE")

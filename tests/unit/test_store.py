@@ -282,6 +282,33 @@ def test_prune_in_bounded_steps(tmp_path, clock):
         store.close()
 
 
+def test_prune_is_not_pinned_by_old_pending_rows(tmp_path, clock):
+    """With a sink down, unshipped rows stay; the shipped ones behind them still expire."""
+    store = Store(tmp_path, min_free_bytes=0, retention_ms=DAY_MS, clock=clock,
+                  keep_pending=True)
+    store.start()
+    try:
+        old = NOW_MS - 2 * DAY_MS
+        # More unshipped rows at the front than one prune chunk looks at.
+        write(store, [row(f"unshipped{i}", received_at=old) for i in range(2500)])
+        write(store, [row(f"shipped{i}", received_at=old) for i in range(3000)])
+        write(store, [row("recent-shipped"), row("recent")])
+        asyncio.run(store.apply(lambda conn: conn.execute(
+            "UPDATE events SET state = 1 WHERE event_id LIKE 'shipped%' "
+            "OR event_id = 'recent-shipped'")))
+        while store.prune(max_chunks=1):
+            pass
+        r = reader(store)
+        try:
+            assert r.counts() == {"pending": 2501, "shipped": 1, "dead": 0, "quarantined": 0}
+            assert r.search(event_id="shipped0") == []
+            assert ids(r.search(event_id="unshipped0")) == ["unshipped0"]
+        finally:
+            r.close()
+    finally:
+        store.close()
+
+
 def test_prune_with_nothing_old_removes_nothing(store):
     write(store, [row("a"), row("b")])
     assert store.prune() is False
