@@ -4,9 +4,12 @@ The server runs pinned to CPU 0 (one worker), wrk pinned to CPU 1 with 50 connec
 Each round runs, in order: the minimal app (baseline), the receiver with single-event
 requests, the receiver with 100-event batches. Accepted events/s counts rows durably stored
 in the receiver's store (not responses), so duplicates or losses cannot inflate it.
+With `--ceiling`, each round also runs the receiver with storage taken out
+(bench/ceiling_app.py), which shows the share of the minimal app's rate that HTTP, checking
+and enrichment leave before anything is stored.
 Prints a Markdown table of medians; raw numbers go to bench/results/webhook.json.
 
-    python bench/webhook_bench.py [--rounds 3] [--seconds 10]
+    python bench/webhook_bench.py [--rounds 3] [--seconds 10] [--ceiling]
 """
 
 from __future__ import annotations
@@ -94,6 +97,25 @@ def run_minimal(requests_file: Path, seconds: int) -> dict[str, Any]:
     return result
 
 
+def run_ceiling(requests_file: Path, seconds: int) -> dict[str, Any]:
+    """The receiver with storage taken out (bench/ceiling_app.py): what the rest allows."""
+    port = free_port()
+    env = {**os.environ, "INGEST_WEBHOOK_SECRET": SECRET, "INGEST_MIN_FREE_DISK_BYTES": "0"}
+    proc = subprocess.Popen(
+        ["taskset", "-c", "0", sys.executable, str(HERE / "ceiling_app.py"), str(port)],
+        cwd=HERE.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/healthz")
+        result = wrk(f"http://127.0.0.1:{port}", requests_file, seconds)
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    if result["non2xx"]:
+        raise RuntimeError(f"the ceiling app refused {result['non2xx']} requests")
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
+
+
 def run_receiver(work: Path, requests_file: Path, seconds: int, batch: int,
                  source: Path | None = None) -> dict[str, Any]:
     data = work / f"data-{time.monotonic_ns()}"
@@ -134,6 +156,9 @@ def main() -> int:
     parser.add_argument("--batch-requests", type=int, default=5_000)
     parser.add_argument("--random-ids", action="store_true",
                         help="random event ids instead of ids in arrival order")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="also run the receiver with storage taken out "
+                             "(bench/ceiling_app.py) after the minimal app in each round")
     parser.add_argument("--receiver-src", type=Path, action="append", default=[],
                         help="run the receiver from this source tree instead (repeat to "
                              "compare versions round by round: A/B/A/B...)")
@@ -149,6 +174,12 @@ def main() -> int:
             # Signed just before use: timestamps stay inside the 300 s tolerance.
             presign(singles, args.single_requests, 1, f"r{n}s{time.time_ns()}")
             minimal = run_minimal(singles, args.seconds)
+            ceiling = None
+            if args.ceiling:
+                presign(singles, args.single_requests, 1, f"r{n}c{time.time_ns()}")
+                ceiling = run_ceiling(singles, args.seconds)
+                print(f"  without storage: {ceiling['rps']:.0f} req/s, ratio "
+                      f"{ceiling['rps'] / minimal['rps']:.2f}", flush=True)
             for source in args.receiver_src or [None]:
                 presign(singles, args.single_requests, 1, f"r{n}s{time.time_ns()}",
                         args.random_ids)
@@ -157,7 +188,7 @@ def main() -> int:
                         args.random_ids)
                 batch = run_receiver(work, batches, max(3, args.seconds // 2), 100, source)
                 rounds.append({"minimal": minimal, "single": single, "batch": batch,
-                               "source": str(source or "")})
+                               "ceiling": ceiling, "source": str(source or "")})
                 if source is not None:
                     print(f"  {source}: single {single['events_per_s']:.0f} ev/s, batch "
                           f"{batch['events_per_s']:.0f} ev/s", flush=True)
@@ -197,6 +228,11 @@ def main() -> int:
     print(f"| receiver, single events p50 / p99 | {med('single', 'p50_us') / 1000:.1f} ms / "
           f"{med('single', 'p99_us') / 1000:.1f} ms |")
     print(f"| ratio receiver / minimal | {ratio:.2f} |")
+    if args.ceiling:
+        print(f"| receiver without storage (ceiling), requests/s | {med('ceiling', 'rps'):,.0f} |")
+        ceiling_ratio = statistics.median(r["ceiling"]["rps"] / r["minimal"]["rps"]
+                                          for r in rounds)
+        print(f"| ratio without storage / minimal | {ceiling_ratio:.2f} |")
     print(f"| receiver, 100-event batches, events stored/s | {med('batch', 'events_per_s'):,.0f} |")
     print(f"| receiver, 100-event batches p99 | {med('batch', 'p99_us') / 1000:.1f} ms |")
     rss_single = max(r["single"]["rss_peak_mib"] for r in rounds)

@@ -259,6 +259,7 @@ def test_an_older_store_is_upgraded_and_indexed(tmp_path: Path, version: int) ->
             assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
         assert {"events_user", "events_trace", "events_report", "facts", "by_user", "by_trace",
                 "meta"}.isdisjoint(names)
+        assert "events_settled" in names  # what retention with a sink walks
         assert marks(tmp_path) == {"facts": 11, "by_user": 11, "by_trace": 11}
         assert derived_counts(tmp_path) == {"facts": 11, "by_user": 11, "by_trace": 11}
         with Reader(tmp_path) as reader:
