@@ -81,14 +81,15 @@ def wait_healthy(url: str, deadline_s: float = 20.0) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def run_minimal(requests_file: Path, seconds: int) -> dict[str, Any]:
+def run_app(command: list[str], health_path: str, requests_file: Path, seconds: int,
+            env: dict[str, str] | None = None) -> dict[str, Any]:
+    """An app on CPU 0 under wrk; requests/s counted from wrk's responses."""
     port = free_port()
-    proc = subprocess.Popen(
-        ["taskset", "-c", "0", sys.executable, "-m", "uvicorn", "bench.minimal_app:app",
-         "--port", str(port), "--no-access-log", "--no-proxy-headers", "--log-level", "warning"],
-        cwd=HERE.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(["taskset", "-c", "0", sys.executable, *command, str(port)],
+                            cwd=HERE.parent, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     try:
-        wait_healthy(f"http://127.0.0.1:{port}/")
+        wait_healthy(f"http://127.0.0.1:{port}{health_path}")
         result = wrk(f"http://127.0.0.1:{port}", requests_file, seconds)
     finally:
         proc.terminate()
@@ -97,22 +98,18 @@ def run_minimal(requests_file: Path, seconds: int) -> dict[str, Any]:
     return result
 
 
+def run_minimal(requests_file: Path, seconds: int) -> dict[str, Any]:
+    return run_app(["-m", "uvicorn", "bench.minimal_app:app", "--no-access-log",
+                    "--no-proxy-headers", "--log-level", "warning", "--port"],
+                   "/", requests_file, seconds)
+
+
 def run_ceiling(requests_file: Path, seconds: int) -> dict[str, Any]:
     """The receiver with storage taken out (bench/ceiling_app.py): what the rest allows."""
-    port = free_port()
     env = {**os.environ, "INGEST_WEBHOOK_SECRET": SECRET, "INGEST_MIN_FREE_DISK_BYTES": "0"}
-    proc = subprocess.Popen(
-        ["taskset", "-c", "0", sys.executable, str(HERE / "ceiling_app.py"), str(port)],
-        cwd=HERE.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}/healthz")
-        result = wrk(f"http://127.0.0.1:{port}", requests_file, seconds)
-    finally:
-        proc.terminate()
-        proc.wait(20)
+    result = run_app([str(HERE / "ceiling_app.py")], "/healthz", requests_file, seconds, env)
     if result["non2xx"]:
         raise RuntimeError(f"the ceiling app refused {result['non2xx']} requests")
-    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
     return result
 
 
