@@ -12,6 +12,7 @@ from ingest.errors import StoreFull, StoreUnavailable
 from ingest.events import validate
 from ingest.prices import PriceBook
 from ingest.store import DB_NAME, Invalid, Reader, Store
+from ingest.store.schema import SHIPPED
 
 NOW_S = 1_700_000_000.0
 NOW_MS = int(NOW_S * 1000)
@@ -294,7 +295,7 @@ def test_prune_is_not_pinned_by_old_pending_rows(tmp_path, clock):
         write(store, [row(f"shipped{i}", received_at=old) for i in range(3000)])
         write(store, [row("recent-shipped"), row("recent")])
         asyncio.run(store.apply(lambda conn: conn.execute(
-            "UPDATE events SET state = 1 WHERE event_id LIKE 'shipped%' "
+            f"UPDATE events SET state = {SHIPPED} WHERE event_id LIKE 'shipped%' "
             "OR event_id = 'recent-shipped'")))
         while store.prune(max_chunks=1):
             pass
