@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import sqlite3
 import time
@@ -29,6 +30,8 @@ from ingest.store.schema import (
     SCHEMA_VERSION,
     UPGRADE,
 )
+
+log = logging.getLogger("ingest.store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +139,10 @@ class Store:
             conn.execute("PRAGMA cache_size=-8192")
             if version in (1, 2):
                 conn.executescript(UPGRADE)
+            if version and conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' "
+                                        "AND name = 'events_settled'").fetchone() is None:
+                # A store from before it: built once, about a second per million events.
+                log.info("indexing the shipped events of %s for retention (once)", self.path)
             conn.executescript(SCHEMA)
             self._durability = Durability(self.path, full=self.sync == "full",
                                           checkpoint_every_s=self.checkpoint_every_s)

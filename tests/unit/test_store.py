@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 
 import orjson
 import pytest
@@ -308,6 +310,26 @@ def test_prune_is_not_pinned_by_old_pending_rows(tmp_path, clock):
             r.close()
     finally:
         store.close()
+
+
+def test_a_store_from_before_the_retention_index_gets_it_once(tmp_path, caplog):
+    store = Store(tmp_path, min_free_bytes=0)
+    store.start()
+    write(store, [row("a")])
+    store.close()
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:
+        conn.execute("DROP INDEX events_settled")
+    for opening in range(2):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="ingest.store"):
+            store = Store(tmp_path, min_free_bytes=0)
+            store.start()
+            store.close()
+        said = [r.getMessage() for r in caplog.records if "for retention" in r.getMessage()]
+        assert len(said) == (1 if opening == 0 else 0)
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:
+        assert conn.execute("SELECT count(*) FROM sqlite_master "
+                            "WHERE name = 'events_settled'").fetchone() == (1,)
 
 
 def test_prune_with_nothing_old_removes_nothing(store):
