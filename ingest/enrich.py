@@ -9,9 +9,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-import orjson
-
-from ingest.events import derived_id
+from ingest.events import derived_id, encode
 from ingest.prices import PriceBook
 
 # Event times outside this range are typos or seconds-as-ms; they fall back to receive time.
@@ -242,7 +240,7 @@ class Enricher:
             doc.get("latency_ms"), meta.get("user_id"), meta.get("trace_id"), error.get("message"),
             usage.get("prompt_tokens"), usage.get("completion_tokens"), doc.get("tokens_used"),
             doc.get("cost_usd"), doc.get("computed_cost_usd"),
-            orjson.dumps(doc), raw,
+            encode(doc), raw,
         )
 
 

@@ -19,6 +19,9 @@
         ├── SinkUnavailable          connection, timeout, 429/502/503/504: retried with backoff
         ├── SinkRefused              401/403/404/other whole-request refusals: shipping pauses
         └── SinkVersionMismatch      server major differs from the client library's: stop
+
+Anything else that escapes on the webhook path is a fault of the receiver: 500
+`internal_error`, logged by type and place only, counted as `outcome="error"`.
 """
 
 from __future__ import annotations

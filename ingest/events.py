@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import re
+import sys
 import zlib
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -19,6 +21,10 @@ NDJSON_TYPES = frozenset({
 })
 MAX_ID_LENGTH = 512
 MAX_COUNT = 10**15  # keeps every count inside SQLite's and Elasticsearch's 64-bit integers
+# orjson's parser refuses JSON nested deeper than this; its encoder refuses a stored document
+# nested deeper than MAX_EVENT_DEPTH, so such an event is quarantined (its bytes are kept).
+MAX_JSON_DEPTH = 1024
+MAX_EVENT_DEPTH = 254
 
 
 def body_format(content_type: str | None) -> str:
@@ -73,6 +79,8 @@ def gunzip(data: bytes, limit: int) -> bytes:
 
 # Each array element as the exact bytes the sender signed: quarantined elements keep them.
 _RAW_ARRAY = msgspec.json.Decoder(list[msgspec.Raw])
+# The tokens that decide where a top-level array element ends: strings, brackets, commas.
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*+"|[\[\]{},]')
 
 
 @dataclass(slots=True)
@@ -89,11 +97,14 @@ def split(body: bytes, fmt: str) -> list[Item]:
     if fmt == "ndjson":
         return _lines(body)
     if body.lstrip()[:1] == b"[":
+        elements: list[msgspec.Raw] | list[bytes] | None
         try:
             elements = _RAW_ARRAY.decode(body)
-        except msgspec.DecodeError:
-            pass  # not one valid array: the general path below says why
-        else:
+        except (msgspec.DecodeError, RecursionError):
+            # One bad element (a lone surrogate, nesting past the decoder's stack) fails the
+            # whole decode; when the brackets still balance, only that element is refused.
+            elements = _bracketed_elements(body)
+        if elements is not None:
             return [_item(bytes(raw), "element") for raw in elements] or _empty()
     try:
         parsed = orjson.loads(body)
@@ -106,6 +117,32 @@ def split(body: bytes, fmt: str) -> list[Item]:
     if isinstance(parsed, dict):
         return [Item(body, parsed)]
     return [Item(body, None, "event must be a JSON object")]
+
+
+def _bracketed_elements(body: bytes) -> list[bytes] | None:
+    """The raw elements of a top-level array by bracket depth; None when it is not one array.
+
+    Only brackets, commas and strings are looked at: each element is parsed on its own later,
+    which checks everything else.
+    """
+    depth, begin, elements = 0, 0, []
+    for token in _TOKEN.finditer(body, body.find(b"[")):
+        char = token.group()[0]
+        if char == 0x5B or char == 0x7B:  # [ {
+            depth += 1
+            if depth == 1:
+                begin = token.end()
+        elif char == 0x5D or char == 0x7D:  # ] }
+            depth -= 1
+            if depth == 0:
+                elements.append(body[begin:token.start()].strip())
+                if body[token.end():].strip() or not all(elements):
+                    return None
+                return elements
+        elif char == 0x2C and depth == 1:  # ,
+            elements.append(body[begin:token.start()].strip())
+            begin = token.end()
+    return None
 
 
 def _first_line_is_object(body: bytes) -> bool:
@@ -141,7 +178,8 @@ def _item(raw: bytes, what: str = "line") -> Item:
 # dict ~10x faster than pydantic here; `strict=False` takes numbers sent as text ("200").
 Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
 Ident = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)] | int
-NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+# Finite: "inf" sent as text would otherwise pass and poison every sum and percentile.
+NonNegative = Annotated[float, msgspec.Meta(ge=0, le=sys.float_info.max)]
 
 
 class Usage(msgspec.Struct):
@@ -236,5 +274,14 @@ def _reason(message: str) -> str:
 
 def derived_id(data: dict[str, Any]) -> str:
     """Deterministic id for an event sent without one: same content, same id, across formats."""
-    digest = hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    digest = hashlib.sha256(encode(data, orjson.OPT_SORT_KEYS)).hexdigest()
     return "sha256-" + digest[:40]
+
+
+def encode(data: dict[str, Any], option: int = 0) -> bytes:
+    """The event as JSON; EventInvalid when orjson cannot encode it (nested too deep)."""
+    try:
+        return orjson.dumps(data, option=option)
+    except orjson.JSONEncodeError as exc:
+        raise EventInvalid(f"event cannot be stored: {exc} (events nest at most "
+                           f"{MAX_EVENT_DEPTH} levels)") from None

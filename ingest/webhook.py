@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from functools import lru_cache
 from typing import Any
@@ -41,6 +42,8 @@ _STATUS: tuple[tuple[type[IngestError], int, str], ...] = (
     (EventInvalid, 422, "quarantined"),
     (StoreError, 503, "overloaded"),
 )
+_INTERNAL = orjson.dumps({"error": "internal_error",
+                          "message": "the receiver failed on this request; it is logged"})
 _JSON = (b"content-type", b"application/json")
 _SIGNATURE_HEADERS = frozenset(name.encode() for name in HEADERS)
 _MAX_REPORTED_ERRORS = 20
@@ -111,6 +114,12 @@ class WebhookEndpoint:
             log.debug("webhook refused: %s %s", status, exc.code)
         except _ClientGone:
             return
+        except Exception as exc:
+            # The safety net: a fault of ours, never the sender's. Logged by type and place
+            # only, because the message may quote the body.
+            log.error("webhook failed: %s", where(exc))
+            self.metrics.refused("error", "internal_error")
+            status, body, headers = 500, _INTERNAL, [_JSON]
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -136,8 +145,15 @@ class WebhookEndpoint:
             raise PayloadTooLarge(f"body is over the {self.max_body} byte limit")
         body = await self._read(receive)
         received_ms = int(self.clock() * 1000)
-        decoded = self._verified(wanted, body, gzipped, received_ms / 1000)
-        items = events.split(decoded, fmt)
+        decoded = body
+        try:
+            decoded = self._verified(wanted, body, gzipped, received_ms / 1000)
+            items = events.split(decoded, fmt)
+        except MalformedPayload as exc:
+            # Signed, so the relay sent it: kept with the reason, as invalid events are.
+            if decoded.strip():
+                await self.store.write((), [Invalid(decoded, exc.message)], received_ms)
+            raise
 
         rows: list[Row] = []
         invalid: list[Invalid] = []
@@ -147,10 +163,18 @@ class WebhookEndpoint:
                 if item.data is None:
                     raise EventInvalid(item.reason or "invalid event")
                 rows.append(self.enricher.row(events.validate(item.data), item.raw, received_ms))
+                continue
             except EventInvalid as exc:
-                invalid.append(Invalid(item.raw, exc.message))
-                if len(errors) < _MAX_REPORTED_ERRORS:
-                    errors.append({"index": index, "reason": exc.message})
+                reason = exc.message
+            except Exception as exc:
+                # Our processing failed on this one event: keep it rather than make the relay
+                # retry the whole body for ever.
+                log.error("event could not be processed, kept in quarantine: %s", where(exc))
+                self.metrics.refused("error", "unprocessable_event")
+                reason = f"event could not be processed: {type(exc).__name__}"
+            invalid.append(Invalid(item.raw, reason))
+            if len(errors) < _MAX_REPORTED_ERRORS:
+                errors.append({"index": index, "reason": reason})
         inserted = await self.store.write(rows, invalid, received_ms)
 
         accepted = sum(inserted)
@@ -215,6 +239,16 @@ class WebhookEndpoint:
             m.duplicate.inc(duplicates)
         if quarantined:
             m.quarantined.inc(quarantined)
+
+
+def where(exc: BaseException) -> str:
+    """`RecursionError at events.py:97 in split`: the type and the innermost frame, no message."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return type(exc).__name__
+    last = frames[-1]
+    file = last.filename.rpartition("/")[2]
+    return f"{type(exc).__name__} at {file}:{last.lineno} in {last.name}"
 
 
 class _ClientGone(Exception):

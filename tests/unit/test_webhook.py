@@ -93,6 +93,13 @@ class Harness:
         finally:
             r.close()
 
+    def quarantine(self) -> list[dict]:
+        r = self.reader()
+        try:
+            return r.quarantined(limit=1000)
+        finally:
+            r.close()
+
 
 @pytest.fixture
 def store(tmp_path):
@@ -316,6 +323,13 @@ def test_400_for_a_signed_body_that_is_not_events(hook, body):
     assert response.status_code == 400
     assert response.json()["error"] == "malformed_payload"
     assert hook.outcome("malformed_payload") == 1
+    # Signed, so kept with its reason; an empty body has nothing to keep.
+    kept = hook.quarantine()
+    if body.strip():
+        assert [(q["raw"], q["reason"]) for q in kept] == [
+            (body.decode(), response.json()["message"])]
+    else:
+        assert kept == []
 
 
 def test_400_for_signed_bad_gzip(hook):
@@ -323,6 +337,14 @@ def test_400_for_signed_bad_gzip(hook):
     response = hook.post_sync(body, signed(body, **{"Content-Encoding": "gzip"}))
     assert response.status_code == 400
     assert response.json()["error"] == "malformed_payload"
+    assert [q["reason"] for q in hook.quarantine()] == [response.json()["message"]]
+
+
+def test_an_unsigned_malformed_body_is_not_kept(hook):
+    body = b"{not json"
+    response = hook.post_sync(body, signed(body, secret="not-the-secret"))
+    assert response.status_code == 401
+    assert hook.quarantine() == []
 
 
 def test_503_with_retry_after_when_the_store_is_full(hook):
@@ -386,3 +408,114 @@ def test_concurrent_requests_from_one_loop(hook):
     assert sum(r.json()["duplicates"] for r in responses) == 60 - 25
     assert hook.outcome("accepted") == 85
     assert hook.counts()["pending"] == 85
+
+
+# Bodies a hostile or broken sender can sign: each gets a clear 4xx or is quarantined, never 500.
+
+def _nested(depth: int, inner: bytes = b"1") -> bytes:
+    return b"[" * (depth - 1) + inner + b"]" * (depth - 1)
+
+
+@pytest.mark.parametrize(("body", "content_type"), [
+    (b"[" * 60_000, "application/json"),                         # never closed
+    (b"[1,,2]", "application/json"),                              # an array, but not JSON
+    (b'{"a":' * 2000 + b"1" + b"}" * 2000, "application/json"),  # past orjson's 1,024 levels
+    (b'{"id":"a","latency_ms":' + b"9" * 400 + b"}", "application/json"),  # overflows a double
+    (b'{"id":"a","latency_ms":NaN}', "application/json"),
+    (b'{"id":"a","latency_ms":Infinity}', "application/json"),
+    (b'\xef\xbb\xbf{"id":"a"}', "application/json"),             # UTF-8 byte order mark
+    (b'{"id":"a\xff\xfe"}', "application/json"),                  # invalid UTF-8
+    (b'{"id":"\\ud800"}', "application/json"),                    # lone surrogate
+    (b"\x00\x01\x02", "application/json"),
+])
+def test_unparseable_signed_bodies_are_400_and_kept(hook, body, content_type):
+    response = hook.post_sync(body, signed(body, content_type=content_type))
+    assert response.status_code == 400
+    assert response.json()["error"] == "malformed_payload"
+    (kept,) = hook.quarantine()
+    assert kept["raw"] == body.decode("utf-8", "replace")
+
+
+@pytest.mark.parametrize("element", [
+    _nested(5000),                                   # deeper than any decoder goes
+    _nested(1000),                                   # between the array decoder's and orjson's
+    b'{"id":"deep","x":' + _nested(400) + b"}",     # parses, but nests past the encoder's 254
+    b'{"id":"a","latency_ms":"Infinity"}',          # a number sent as text must be finite
+    b'{"id":"a","cost_usd":"inf"}',
+    b'{"id":"a\xff"}',
+    b'{"id":"\\udc00"}',
+])
+def test_a_bad_element_in_a_batch_is_quarantined_and_the_rest_stored(hook, element):
+    good = orjson.dumps(event("good"))
+    for body, content_type in ((b"[" + good + b"," + element + b"]", "application/json"),
+                               (good + b"\n" + element + b"\n", "application/x-ndjson")):
+        response = hook.post_sync(body, signed(body, content_type=content_type))
+        assert response.status_code == 202, response.text
+        answer = response.json()
+        assert answer["quarantined"] == 1
+        assert answer["errors"][0]["index"] == 1
+    assert hook.counts()["pending"] == 1
+    (kept,) = hook.quarantine()  # the same bytes twice are kept once
+    assert kept["raw"] == element.decode("utf-8", "replace")
+
+
+def test_an_array_of_one_element_too_deep_is_a_batch_with_nothing_usable(hook):
+    body = _nested(5000)
+    response = hook.post_sync(body, signed(body))
+    assert response.status_code == 422
+    assert "depth limit exceeded" in response.json()["errors"][0]["reason"]
+    assert [q["raw"] for q in hook.quarantine()] == [body[1:-1].decode()]
+
+
+def test_an_event_nested_at_the_limit_is_stored(hook):
+    body = b'{"id":"edge","x":' + _nested(253) + b"}"   # the event object is level 1
+    response = hook.post_sync(body, signed(body))
+    assert response.status_code == 202
+    assert response.json()["accepted"] == 1
+
+
+def test_duplicate_keys_keep_the_last_value(hook):
+    body = b'{"id":"first","id":"last","model":"gpt-4o"}'
+    assert hook.post_sync(body, signed(body)).status_code == 202
+    r = hook.reader()
+    try:
+        assert [d["id"] for d in r.search()] == ["last"]
+    finally:
+        r.close()
+
+
+def test_a_fault_in_the_receiver_is_500_counted_and_logged_by_type_only(hook, caplog):
+    async def broken_write(*args, **kwargs):
+        raise RuntimeError("secret body text " + SECRET)
+
+    hook.store.write = broken_write
+    body = orjson.dumps(event())
+    headers = signed(body)
+    with caplog.at_level("ERROR", logger="ingest.webhook"):
+        response = hook.post_sync(body, headers)
+    assert response.status_code == 500
+    assert response.json()["error"] == "internal_error"
+    assert hook.outcome("internal_error") == 1
+    (record,) = caplog.records
+    assert "RuntimeError" in record.getMessage()
+    logged = caplog.text
+    for secret_part in (SECRET, "secret body text", headers["X-HolySheep-Signature"], "req_1"):
+        assert secret_part not in logged
+
+
+def test_an_event_our_enrichment_fails_on_is_quarantined_not_500(hook, caplog):
+    def explode(draft):
+        if draft.doc["id"] == "bad":
+            raise ZeroDivisionError("boom")
+        return draft
+
+    hook.endpoint.enricher = Enricher([*hook.endpoint.enricher.processors, explode])
+    body = orjson.dumps([event("ok"), event("bad")])
+    with caplog.at_level("ERROR", logger="ingest.webhook"):
+        response = hook.post_sync(body, signed(body))
+    assert response.status_code == 202
+    assert response.json()["errors"] == [
+        {"index": 1, "reason": "event could not be processed: ZeroDivisionError"}]
+    assert hook.outcome("unprocessable_event") == 1
+    assert "ZeroDivisionError" in caplog.text and "boom" not in caplog.text
+    assert hook.counts() == {**hook.counts(), "pending": 1, "quarantined": 1}
