@@ -41,6 +41,11 @@ settings (environment):
   INGEST_STORE_SYNC             full (fsync each commit group, default) or normal
   INGEST_PRICE_FILE             TOML/JSON price overrides, USD per 1M tokens
   INGEST_RETRY_AFTER_S          Retry-After on 503 (default 30)
+  INGEST_HEADER_TIMEOUT         a request's headers must arrive within this (default 10s)
+  INGEST_BODY_TIMEOUT           ... and its body within this after them (default 30s)
+  INGEST_MAX_CONNECTIONS        open connections; more get 503 at once (default 0: from
+                                the descriptor limit, at most 10,000)
+  INGEST_TLS_CERT, INGEST_TLS_KEY  serve HTTPS with this certificate and key (PEM)
 
 endpoints: POST /webhooks/holysheep, GET /healthz, GET /readyz, GET /metrics"""
 
@@ -82,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     _data_dir(serve)
     serve.add_argument("--price-file", type=Path, help="price overrides (INGEST_PRICE_FILE)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--tls-cert", type=Path, metavar="PEM",
+                       help="serve HTTPS with this certificate chain (INGEST_TLS_CERT)")
+    serve.add_argument("--tls-key", type=Path, metavar="PEM",
+                       help="... and this private key (INGEST_TLS_KEY)")
     serve.set_defaults(func=cmd_serve)
 
     send = sub.add_parser(
@@ -211,24 +220,26 @@ def _positive(value: str) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from ingest.app import build_store, create_app
+    from ingest.metrics import Metrics
+    from ingest.server import serve, tls_files
 
     settings = load(host=args.host, port=args.port, data_dir=args.data_dir,
-                    price_file=args.price_file, log_level=args.log_level)
+                    price_file=args.price_file, log_level=args.log_level,
+                    tls_cert=args.tls_cert, tls_key=args.tls_key)
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    app = create_app(settings)
+    metrics = Metrics()
+    app = create_app(settings, metrics=metrics)
     # Fail here with one clear line rather than inside the server's startup with a traceback.
+    scheme = "https" if tls_files(settings) else "http"
     preflight = build_store(settings)
     preflight.start()
     preflight.close()
     logging.getLogger("ingest").info(
-        "listening on http://%s:%d/webhooks/holysheep, store %s, %d secret(s)",
+        "listening on %s://%s:%d/webhooks/holysheep, store %s, %d secret(s)", scheme,
         settings.host, settings.port, settings.data_dir, len(settings.webhook_secret))
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=False, proxy_headers=False, timeout_graceful_shutdown=15)
+    serve(app, settings, metrics)
     return 0
 
 

@@ -56,12 +56,35 @@ class Metrics:
         for name in ("indexed", "conflict", "retried", "dead_lettered"):
             # Present at 0 from the start, so increase() sees the very first dead letter.
             self.bulk_items.labels(name)
+        self.connections = Gauge("ingest_http_connections", "Open HTTP connections",
+                                 registry=self.registry)
+        self.connections_closed = Counter(
+            "ingest_http_connections_closed", "Connections the receiver cut, by reason: "
+            "header_timeout (no complete request headers within INGEST_HEADER_TIMEOUT), "
+            "body_timeout (no complete body within INGEST_BODY_TIMEOUT after them), evicted "
+            "(the longest idle one, for a new connection at INGEST_MAX_CONNECTIONS)",
+            ["reason"], registry=self.registry)
+        self.connections_refused = Counter(
+            "ingest_http_connections_refused", "Connections answered 503 at once: "
+            "INGEST_MAX_CONNECTIONS were open, each with a request in flight",
+            registry=self.registry)
+        for reason in ("header_timeout", "body_timeout", "evicted"):
+            self.connections_closed.labels(reason)
         self.accepted = self.webhooks.labels("accepted", "")
         self.duplicate = self.webhooks.labels("duplicate", "")
         self.quarantined = self.webhooks.labels("quarantined", "")
 
     def refused(self, outcome: str, reason: str) -> None:
         self.webhooks.labels(outcome, reason).inc()
+
+    def connections_open(self, count: int) -> None:
+        self.connections.set(count)
+
+    def connection_cut(self, reason: str) -> None:
+        self.connections_closed.labels(reason).inc()
+
+    def connection_refused(self) -> None:
+        self.connections_refused.inc()
 
     def watch_store(self, read: Callable[[], dict[str, float]]) -> None:
         """Expose `ingest_store_events{state}` and the shipping lag, read at scrape time."""

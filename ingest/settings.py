@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     price_file: Path | None = None
     cost_tolerance: float = Field(default=0.01, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    header_timeout: Duration = timedelta(seconds=10)
+    body_timeout: Duration = timedelta(seconds=30)
+    max_connections: int = Field(default=0, ge=0)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     # Elasticsearch: shipping runs inside `serve` when a URL is set.
     elasticsearch_url: str | None = None
@@ -107,7 +112,8 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("housekeeping", "retention", "dedup_window", "ship_backoff_initial",
-                     "ship_backoff_max", "ship_idle_poll", "elasticsearch_timeout")
+                     "ship_backoff_max", "ship_idle_poll", "elasticsearch_timeout",
+                     "header_timeout", "body_timeout")
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:
         if value < timedelta(milliseconds=10):

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -107,10 +108,11 @@ class ReceiverProcess:
     def __init__(self, data_dir: Path, env: Mapping[str, str] | None = None,
                  secret: str = SECRET, port: int | None = None,
                  cpu: int | None = None, python: Sequence[str] | None = None,
-                 cwd: Path | None = None) -> None:
+                 cwd: Path | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls  # trusts the receiver's certificate: it serves HTTPS
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.webhook_url = self.url + "/webhooks/holysheep"
         self.env = {**os.environ, "INGEST_WEBHOOK_SECRET": secret,
                     "INGEST_MIN_FREE_DISK_BYTES": "0", "INGEST_LOG_LEVEL": "warning",
@@ -135,7 +137,8 @@ class ReceiverProcess:
                 raise RuntimeError(f"receiver exited with {self.process.returncode}:\n"
                                    + self.log())
             try:
-                if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
+                if httpx.get(self.url + "/healthz", timeout=1.0,
+                             verify=self.tls or True).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass

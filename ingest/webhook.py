@@ -110,6 +110,10 @@ class WebhookEndpoint:
             headers = [_JSON]
             if status == 503:
                 headers.append((b"retry-after", self.retry_after))
+            elif status == 413:
+                # The rest of the body is not wanted: the server drains what is in flight for
+                # a moment and closes, so the sender reads this answer instead of a reset.
+                headers.append((b"connection", b"close"))
             self.metrics.refused(outcome(exc), exc.code)
             log.debug("webhook refused: %s %s", status, exc.code)
         except _ClientGone:
