@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from ingest.sink import MAPPINGS, SETTINGS, assets
+from ingest.sink import MAPPINGS, SETTINGS, TEMPLATE, assets
 
 STREAM = "logs-holysheep.requests-default"
 BODIES = assets(STREAM, "1d", "5gb", "30d")
@@ -56,3 +56,12 @@ def test_the_raw_event_is_kept_whole_without_ignore_above() -> None:
     # (KeywordFieldMapper.indexValue), so no limit applies and none is set.
     original = PROPERTIES["event"]["properties"]["original"]
     assert original == {"type": "keyword", "index": False, "doc_values": False}
+
+
+def test_the_failure_store_is_off_in_the_index_template() -> None:
+    # With the failure store on (9.1+; a cluster setting can turn it on for logs-*), a refused
+    # document answers 201 `failure_store: used` instead of a 400. An explicit false in the
+    # template wins over the cluster setting. The data stream options go under `template`.
+    template = BODIES[TEMPLATE]
+    assert template["template"]["data_stream_options"] == {"failure_store": {"enabled": False}}
+    assert template["data_stream"] == {}  # where 8.x previews had it; now data stream options
