@@ -289,6 +289,43 @@ def test_the_dashboard_panels_resolve() -> None:
     assert attrs["timeRestore"] is True
 
 
+def _panel_objects() -> list[dict[str, Any]]:
+    dashboard = BY_KEY[("dashboard", "holysheep-overview")]
+    refs = {ref["name"]: ref for ref in dashboard["references"]}
+    found = []
+    for panel in json.loads(dashboard["attributes"]["panelsJSON"]):
+        ref = refs.get(f"{panel['panelIndex']}:{panel['panelRefName']}") or \
+            refs[panel["panelRefName"]]
+        found.append(BY_KEY[(ref["type"], ref["id"])])
+    return found
+
+
+def test_what_the_dashboard_calls_last_hour_is_the_last_hour() -> None:
+    # An embedded saved search follows the dashboard's time range (7 days here), whatever its
+    # own timeRestore says; only a Lens column's reducedTimeRange narrows it to the last hour.
+    last_hour = [o for o in _panel_objects() if "last hour" in o["attributes"]["title"]]
+    assert {o["id"] for o in last_hour} == {"holysheep-error-rate-by-model",
+                                            "holysheep-errors-last-hour-table"}
+    for lens in last_hour:
+        assert lens["type"] == "lens", f"{lens['id']} shows the dashboard's range, not an hour"
+        for layer in _layers(lens).values():
+            metrics = [c for c in layer["columns"].values() if not c["isBucketed"]
+                       and c["operationType"] not in ("formula", "math")]
+            assert metrics, lens["id"]
+            assert all(c.get("reducedTimeRange") == "1h" for c in metrics), lens["id"]
+
+
+def test_the_errors_of_the_last_hour_by_message_and_model() -> None:
+    columns = _layers(BY_KEY[("lens", "holysheep-errors-last-hour-table")])["recent-errors"][
+        "columns"]
+    assert [c["sourceField"] for c in columns.values() if c["operationType"] == "terms"] == [
+        "error.message.keyword", "model"]
+    assert columns["errors"]["filter"]["query"] == "status_code >= 400"
+    assert columns["last"] == {**columns["last"], "operationType": "max",
+                               "sourceField": "@timestamp", "dataType": "date"}
+    assert columns["last"]["filter"] == columns["errors"]["filter"]
+
+
 # --- import_saved_objects -------------------------------------------------------------------
 
 SUCCESS = {"success": True, "successCount": len(OBJECTS), "errors": [],
