@@ -13,10 +13,13 @@ COPY pyproject.toml README.md ./
 COPY ingest ./ingest
 COPY elasticsearch ./elasticsearch
 COPY kibana ./kibana
-# The JSON assets are installed as data files under <venv>/share/holysheep-ingest/elasticsearch;
-# fail the build here rather than at `setup` time if they (or a dependency) went missing.
+# The assets are installed as data files under <venv>/share/holysheep-ingest/ (elasticsearch/,
+# elasticsearch/queries/, kibana/); fail the build here rather than at `setup` time if any of
+# them (or a dependency) went missing. Checked from / with -P (no current directory on
+# sys.path): from /src the source tree would be found instead of the installed copy.
 RUN /opt/venv/bin/pip install . \
- && /opt/venv/bin/python -c "from ingest.sink import asset_dir; print('assets in', asset_dir())"
+ && cd / \
+ && /opt/venv/bin/python -P -c "import sys; from pathlib import Path; import ingest; from ingest.kibana import saved_objects_path; from ingest.reports import DEFAULT_SINCE; from ingest.sink import asset_dir; es = asset_dir(); found = [Path(ingest.__file__), es / 'ilm-policy.json', *(es / 'queries' / f'{q}.json' for q in DEFAULT_SINCE), saved_objects_path()]; wrong = [str(p) for p in found if not (p.is_file() and p.resolve().is_relative_to(Path(sys.prefix).resolve()))]; sys.exit('not in the installed copy: ' + ', '.join(wrong)) if wrong else print('installed:', *found)"
 
 FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH \

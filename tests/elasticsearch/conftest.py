@@ -40,6 +40,9 @@ class Cluster:
     password: str | None = None
     api_key: str | None = None
     ca_cert: Path | None = None
+    # Created by this suite at 9.x: new logs-*-* data streams are in logsdb index mode. A
+    # cluster given by URL may have been upgraded from 8.x, where that default does not apply.
+    fresh: bool = False
 
     def __repr__(self) -> str:
         return f"Cluster({self.url!r})"
@@ -89,7 +92,7 @@ def cluster() -> Iterator[Cluster]:
     with container:
         host = container.get_container_host_ip()
         host = "127.0.0.1" if host in ("localhost", "0.0.0.0") else host
-        yield Cluster(f"http://{host}:{container.get_exposed_port(container.port)}")
+        yield Cluster(f"http://{host}:{container.get_exposed_port(container.port)}", fresh=True)
 
 
 async def _snapshot(sink: ElasticsearchSink) -> dict[str, Any]:

@@ -162,8 +162,38 @@ def test_the_backing_index_has_the_ilm_policy(cluster: Any, stream: str) -> None
     assert state["policy"] == POLICY
 
 
+def test_the_backing_index_refuses_malformed_values_even_in_logsdb_mode(
+        cluster: Any, stream: str) -> None:
+    async def scenario(sink: ElasticsearchSink) -> dict[str, Any]:
+        await setup(sink, stream)
+        found = await sink.client.indices.get_data_stream(name=stream)
+        backing = found["data_streams"][0]["indices"][0]["index_name"]
+        settings = await sink.client.indices.get_settings(index=backing)
+        index: dict[str, Any] = settings.body[backing]["settings"]["index"]
+        return index
+
+    index = cluster.run(scenario)
+    if cluster.fresh:
+        # 9.x puts every new logs-*-* data stream in logsdb mode, whatever template made it.
+        assert index["mode"] == "logsdb"
+    # logsdb would default this to true; the settings component template says false.
+    assert index["mapping"]["ignore_malformed"] == "false"
+
+
+def test_the_failure_store_is_off(cluster: Any, stream: str) -> None:
+    """With it on, a refused document would answer 201 `failure_store: used`, not a 400."""
+    async def scenario(sink: ElasticsearchSink) -> dict[str, Any]:
+        await setup(sink, stream)
+        found = await sink.client.indices.get_data_stream(name=stream)
+        data_stream: dict[str, Any] = found["data_streams"][0]
+        return data_stream
+
+    assert cluster.run(scenario)["failure_store"]["enabled"] is False
+
+
 def test_a_mapping_conflict_ends_in_the_dead_letters(cluster: Any, stream: str,
                                                      local: Local) -> None:
+    """A malformed number is refused (400), not indexed without the field as logsdb would."""
     good, bad = rows(2, prefix="conflict")
     bad = bad._replace(doc=orjson.dumps({**orjson.loads(bad.doc), "latency_ms": "fast"}))
 
@@ -182,6 +212,29 @@ def test_a_mapping_conflict_ends_in_the_dead_letters(cluster: Any, stream: str,
     assert letter["target"] == stream
     assert local.reader.counts() == {"pending": 0, "shipped": 1, "dead": 1, "quarantined": 0}
 
+
+
+def test_a_raw_event_longer_than_the_logsdb_ignore_above_comes_back_whole(
+        cluster: Any, stream: str, local: Local) -> None:
+    """event.original is neither indexed nor in doc values: ignore_above (8191) never applies."""
+    [row] = rows(1, prefix="long")
+    event = {**orjson.loads(row.raw), "note": "x" * 20_000}  # an unmapped field: _source only
+    raw = orjson.dumps(event)
+    row = ENRICH.row(orjson.loads(raw), raw, int(time.time() * 1000))
+
+    async def scenario(sink: ElasticsearchSink) -> dict[str, Any]:
+        await setup(sink, stream)
+        assert all(await local.store.write([row], (), 0))
+        await local.shipper(sink, stream).drain(timeout=60)
+        await sink.client.indices.refresh(index=stream)
+        found = await sink.client.search(index=stream, query={"term": {"id": "long-00000"}})
+        body: dict[str, Any] = found.body
+        return body
+
+    [hit] = cluster.run(scenario)["hits"]["hits"]
+    assert hit["_source"]["event"]["original"] == raw.decode()
+    assert hit["_source"]["note"] == "x" * 20_000
+    assert "event.original" not in hit.get("_ignored", [])
 
 
 def test_reports_and_search_agree_with_the_store(cluster: Any, stream: str,

@@ -26,10 +26,36 @@ NDJSON = ROOT / "kibana" / "holysheep.ndjson"
 MAPPINGS = ROOT / "elasticsearch" / "component-template-mappings.json"
 DATA_VIEW = "holysheep-requests"
 RECORDS = "___records___"  # Lens' "count of records" pseudo field
-# The newest typeMigrationVersion per type that Kibana 8.11 (the oldest supported) knows: a
-# higher one makes 8.11 refuse the import. Lens must also be past 8.6.0, whose migration turns
-# an `indexpattern` datasource into `formBased` (the shape this file is written in).
+# Kibana has no machine-readable schema for saved objects; the checks below follow the rules in
+# its source (elastic/kibana), cited where they are used.
+#
+# Kibana refuses to import an object whose typeMigrationVersion is greater than the newest
+# migration it knows for the type ("belongs to a more recent version of Kibana"):
+# packages/core/saved-objects/core-saved-objects-migration-server-internal/src/
+# document_migrator/pipelines/upgrade_pipeline.ts, assertCompatibility. So each version here
+# must be one Kibana 8.11 (the oldest supported) has a migration for, or below: `search` 7.9.3
+# is in src/plugins/saved_search/server/saved_objects/search_migrations.ts (searchMigrations);
+# `dashboard` 8.7.0 and `search` 7.9.3 are what Kibana's own sample data declares from 8.8 on
+# (src/plugins/home/server/services/sample_data/data_sets/logs/saved_objects.ts, with
+# coreMigrationVersion 8.8.0); `lens` 8.9.0 and `index-pattern` 8.0.0 are what 8.9+ exports.
+# Lens must also be past 8.6.0, whose migration turns an `indexpattern` datasource into
+# `formBased` (the shape this file is written in).
 BASELINE = {"index-pattern": "8.0.0", "search": "7.9.3", "lens": "8.9.0", "dashboard": "8.7.0"}
+# The attributes a saved search may have at the 8.x baseline, and their shapes:
+# src/plugins/saved_search/server/saved_objects/schema.ts, SCHEMA_SEARCH_V8_8_0 (the schema
+# Kibana validates a created or imported `search` against; an unknown key is refused).
+SEARCH_ATTRIBUTES = frozenset({
+    "title", "description", "columns", "sort", "grid", "rowHeight", "rowsPerPage", "hideChart",
+    "breakdownField", "kibanaSavedObjectMeta", "isTextBasedQuery", "usesAdHocDataView",
+    "timeRestore", "timeRange", "refreshInterval", "viewMode", "hideAggregatedPreview", "hits",
+    "version"})
+# Lens operations with `canReduceTimeRange` (x-pack/platform/plugins/shared/lens/public/
+# datasources/form_based/operations/definitions: count.tsx, metrics.tsx, percentile.tsx,
+# last_value.tsx, cardinality.tsx) and the reduced time ranges Lens offers
+# (form_based/reduced_time_range_utils.tsx, reducedTimeRangeOptions).
+REDUCIBLE = frozenset({"count", "sum", "average", "min", "max", "median", "standard_deviation",
+                       "percentile", "last_value", "unique_count"})
+REDUCED_TIME_RANGES = frozenset({"30s", "1m", "5m", "15m", "1h"})
 T = TypeVar("T")
 
 
@@ -97,12 +123,22 @@ def test_the_file_has_every_object_kind_with_unique_ids() -> None:
     assert ("dashboard", "holysheep-overview") in BY_KEY
 
 
+def version_problems(o: dict[str, Any]) -> list[str]:
+    """Why Kibana 8.11 would refuse (or misread) this object's migration versions."""
+    found = []
+    if o["coreMigrationVersion"] != "8.8.0":
+        found.append(f"coreMigrationVersion {o['coreMigrationVersion']} is not the 8.x format")
+    if _version(o["typeMigrationVersion"]) > _version(BASELINE[o["type"]]):
+        found.append(f"{o['type']} {o['typeMigrationVersion']} is newer than what 8.11 knows "
+                     f"({BASELINE[o['type']]})")
+    if o["type"] == "lens" and _version(o["typeMigrationVersion"]) < (8, 6, 0):
+        found.append("lens before 8.6.0 would be migrated as an indexpattern datasource")
+    return found
+
+
 def test_versions_stay_within_the_kibana_8_11_baseline() -> None:
     for o in OBJECTS:
-        assert o["coreMigrationVersion"] == "8.8.0", o["id"]
-        assert _version(o["typeMigrationVersion"]) <= _version(BASELINE[o["type"]]), o["id"]
-    for lens in _of_type("lens"):
-        assert _version(lens["typeMigrationVersion"]) >= (8, 6, 0), lens["id"]
+        assert version_problems(o) == [], o["id"]
 
 
 def test_every_reference_resolves_inside_the_file() -> None:
@@ -287,6 +323,136 @@ def test_the_dashboard_panels_resolve() -> None:
     assert {("lens", o["id"]) for o in _of_type("lens")} <= shown, "a visualization is left out"
     assert ("search", "holysheep-find-request") in shown
     assert attrs["timeRestore"] is True
+
+
+def _panel_objects() -> list[dict[str, Any]]:
+    dashboard = BY_KEY[("dashboard", "holysheep-overview")]
+    refs = {ref["name"]: ref for ref in dashboard["references"]}
+    found = []
+    for panel in json.loads(dashboard["attributes"]["panelsJSON"]):
+        ref = refs.get(f"{panel['panelIndex']}:{panel['panelRefName']}") or \
+            refs[panel["panelRefName"]]
+        found.append(BY_KEY[(ref["type"], ref["id"])])
+    return found
+
+
+def test_what_the_dashboard_calls_last_hour_is_the_last_hour() -> None:
+    # An embedded saved search follows the dashboard's time range (7 days here), whatever its
+    # own timeRestore says; only a Lens column's reducedTimeRange narrows it to the last hour.
+    last_hour = [o for o in _panel_objects() if "last hour" in o["attributes"]["title"]]
+    assert {o["id"] for o in last_hour} == {"holysheep-error-rate-by-model",
+                                            "holysheep-errors-last-hour-table"}
+    for lens in last_hour:
+        assert lens["type"] == "lens", f"{lens['id']} shows the dashboard's range, not an hour"
+        for layer in _layers(lens).values():
+            metrics = [c for c in layer["columns"].values() if not c["isBucketed"]
+                       and c["operationType"] not in ("formula", "math")]
+            assert metrics, lens["id"]
+            assert all(c.get("reducedTimeRange") == "1h" for c in metrics), lens["id"]
+
+
+def test_the_errors_of_the_last_hour_by_message_and_model() -> None:
+    columns = _layers(BY_KEY[("lens", "holysheep-errors-last-hour-table")])["recent-errors"][
+        "columns"]
+    assert [c["sourceField"] for c in columns.values() if c["operationType"] == "terms"] == [
+        "error.message.keyword", "model"]
+    assert columns["errors"]["filter"]["query"] == "status_code >= 400"
+    assert columns["last"] == {**columns["last"], "operationType": "max",
+                               "sourceField": "@timestamp", "dataType": "date"}
+    assert columns["last"]["filter"] == columns["errors"]["filter"]
+
+
+def search_problems(search: dict[str, Any]) -> list[str]:
+    """What Kibana's saved search schema (SCHEMA_SEARCH_V8_8_0) would refuse in `search`."""
+    attrs = search["attributes"]
+    found = [f"unknown attribute {key}" for key in attrs if key not in SEARCH_ATTRIBUTES]
+    if not isinstance(attrs.get("title"), str):
+        found.append("title must be a string")
+    meta = attrs.get("kibanaSavedObjectMeta")
+    if not (isinstance(meta, dict) and set(meta) == {"searchSourceJSON"}
+            and isinstance(meta["searchSourceJSON"], str)):
+        found.append("kibanaSavedObjectMeta must be {searchSourceJSON: string}")
+    if not all(isinstance(c, str) for c in attrs.get("columns", [])):
+        found.append("columns must be strings")
+    sort = attrs.get("sort", [])
+    pairs = sort if sort and isinstance(sort[0], list) else [sort]
+    if not all(isinstance(p, list) and len(p) <= 2 and all(isinstance(x, str) for x in p)
+               for p in pairs):
+        found.append("sort must be [field, direction] pairs")
+    if "grid" in attrs and not (isinstance(attrs["grid"], dict) and set(attrs["grid"]) <= {
+            "columns"}):
+        found.append("grid may only hold columns")
+    for key, shape in (("timeRange", {"from": str, "to": str}),
+                       ("refreshInterval", {"pause": bool, "value": int})):
+        if key in attrs:
+            value = attrs[key]
+            if not (isinstance(value, dict) and set(value) == set(shape)
+                    and all(isinstance(value[k], t) for k, t in shape.items())):
+                found.append(f"{key} must be {{{', '.join(shape)}}}")
+    for key in ("hideChart", "isTextBasedQuery", "timeRestore", "usesAdHocDataView"):
+        if key in attrs and not isinstance(attrs[key], bool):
+            found.append(f"{key} must be a boolean")
+    return found
+
+
+def reduced_time_range_problems(lens: dict[str, Any]) -> list[str]:
+    """Where a Lens column's reducedTimeRange breaks the rules Lens checks it against."""
+    view = BY_KEY[("index-pattern", DATA_VIEW)]["attributes"]
+    found = []
+    for layer_id, layer in _layers(lens).items():
+        columns = layer["columns"]
+        histogram = any(c["operationType"] == "date_histogram" for c in columns.values())
+        for column_id, column in columns.items():
+            value = column.get("reducedTimeRange")
+            if value is None:
+                continue
+            where = f"{layer_id}/{column_id}"
+            if column["operationType"] not in REDUCIBLE:
+                found.append(f"{where}: {column['operationType']} cannot reduce the time range")
+            if histogram:
+                found.append(f"{where}: not with a date histogram in the layer")
+            if not view.get("timeFieldName"):
+                found.append(f"{where}: the data view has no time field")
+            if value not in REDUCED_TIME_RANGES:
+                found.append(f"{where}: {value!r} is not one of Lens' reduced time ranges")
+    return found
+
+
+def test_saved_searches_have_only_what_kibanas_schema_allows() -> None:
+    for search in _of_type("search"):
+        assert search_problems(search) == [], search["id"]
+
+
+def test_a_saved_search_attribute_kibana_does_not_know_is_caught() -> None:
+    search = json.loads(json.dumps(BY_KEY[("search", "holysheep-errors-last-hour")]))
+    search["attributes"]["timeRestor"] = search["attributes"].pop("timeRestore")
+    search["attributes"]["refreshInterval"]["value"] = "60s"
+    assert search_problems(search) == ["unknown attribute timeRestor",
+                                       "refreshInterval must be {pause, value}"]
+
+
+def test_reduced_time_ranges_are_where_lens_allows_them() -> None:
+    reduced = 0
+    for lens in _of_type("lens"):
+        assert reduced_time_range_problems(lens) == [], lens["id"]
+        reduced += sum("reducedTimeRange" in c for layer in _layers(lens).values()
+                       for c in layer["columns"].values())
+    assert reduced >= 6
+
+
+def test_a_reduced_time_range_beside_a_date_histogram_is_caught() -> None:
+    lens = json.loads(json.dumps(BY_KEY[("lens", "holysheep-latency-percentiles")]))
+    _layers(lens)["latency"]["columns"]["p50"]["reducedTimeRange"] = "2h"
+    assert reduced_time_range_problems(lens) == [
+        "latency/p50: not with a date histogram in the layer",
+        "latency/p50: '2h' is not one of Lens' reduced time ranges"]
+
+
+def test_a_type_migration_version_past_the_baseline_is_caught() -> None:
+    newer = {**BY_KEY[("lens", "holysheep-cost-by-user")], "typeMigrationVersion": "8.12.0"}
+    assert version_problems(newer) == ["lens 8.12.0 is newer than what 8.11 knows (8.9.0)"]
+    search = {**BY_KEY[("search", "holysheep-by-user")], "typeMigrationVersion": "8.0.0"}
+    assert version_problems(search) == ["search 8.0.0 is newer than what 8.11 knows (7.9.3)"]
 
 
 # --- import_saved_objects -------------------------------------------------------------------
