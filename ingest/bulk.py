@@ -9,8 +9,9 @@ from typing import Any
 
 import orjson
 
+from ingest.remote import retryable
+
 SHIPPED_STATUSES = frozenset({200, 201, 409})  # 409 on create: the document is already there
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 BLOCK_TYPES = frozenset({"cluster_block_exception"})
 # Only what classification needs: small responses even for 10,000 items.
 FILTER_PATH = "errors,items.*.status,items.*.error.type,items.*.error.reason"
@@ -114,7 +115,7 @@ def classify(sent: Sequence[Pending], response: dict[str, Any]) -> Outcome:
             # A full disk or a read-only index is the cluster's problem, never the event's.
             outcome.blocked = reason or error_type
             outcome.retry.append(again(item))
-        elif status in RETRY_STATUSES or status == 0:
+        elif status == 0 or retryable(status):
             outcome.retry.append(again(item))
         else:
             outcome.dead.append(DeadLetter(item, status, error_type or "unknown", reason))

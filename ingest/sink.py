@@ -26,6 +26,7 @@ from ingest.errors import (
     SinkUnavailable,
     SinkVersionMismatch,
 )
+from ingest.remote import answer_error, redact, timed_out, unreachable
 from ingest.settings import Settings
 
 CLIENT_VERSION = version("elasticsearch")
@@ -35,8 +36,7 @@ MAPPINGS = "holysheep-requests-mappings"
 SETTINGS = "holysheep-requests-settings"
 TEMPLATE = "holysheep-requests"
 MANAGED_BY = "holysheep-ingest"
-_RETRY_STATUSES = frozenset({429, 502, 503, 504})
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?[^/@]*@")
+CREDENTIALS = "INGEST_ELASTICSEARCH_API_KEY or _USERNAME/_PASSWORD"
 _DATA_STREAM = re.compile(r"^(logs|metrics|traces)-([^-]+)-([^-]+)$")
 
 
@@ -51,11 +51,6 @@ class Connection:
     ca_cert: Path | None = None
     verify_certs: bool = True
     timeout_s: float = 30.0
-
-
-def redact(url: str) -> str:
-    """The URL without any `user:password@` part, for messages and logs."""
-    return _USERINFO.sub(r"\1***@", url)
 
 
 def connection(settings: Settings) -> Connection:
@@ -115,11 +110,10 @@ class ElasticsearchSink:
             meta, info = await self.client.transport.perform_request("GET", "/", headers=headers)
         except Exception as exc:
             raise _translate(exc, "reading the cluster version") from None
-        if meta.status in (401, 403):
-            raise SinkRefused(f"reading the cluster version: HTTP {meta.status}, not authorised: "
-                              "check INGEST_ELASTICSEARCH_API_KEY or _USERNAME/_PASSWORD",
-                              meta.status)
-        if meta.status >= 300 or not isinstance(info, dict) or "version" not in info:
+        if meta.status >= 300:
+            raise answer_error("reading the cluster version", meta.status,
+                               credentials=CREDENTIALS)
+        if not isinstance(info, dict) or "version" not in info:
             raise SinkUnavailable(f"reading the cluster version: HTTP {meta.status}", meta.status)
         if meta.headers.get("x-elastic-product") != "Elasticsearch":
             raise SinkRefused(f"the server at {self.url} is not Elasticsearch")
@@ -290,27 +284,24 @@ def _translate(exc: Exception, doing: str) -> SinkError:
     if isinstance(exc, elasticsearch.UnsupportedProductError):
         return SinkRefused(f"{doing}: the server at this URL is not Elasticsearch")
     if isinstance(exc, elasticsearch.ApiError):
-        status = exc.meta.status
-        reason = _reason(exc)
-        if status in _RETRY_STATUSES:
-            return SinkUnavailable(f"{doing}: HTTP {status} {reason}", status)
-        if status in (401, 403):
-            return SinkRefused(f"{doing}: HTTP {status}, not authorised: check INGEST_ELASTIC"
-                               f"SEARCH_API_KEY or _USERNAME/_PASSWORD ({reason})", status)
-        return SinkRefused(f"{doing}: HTTP {status} {reason}", status)
+        error_type, reason = _reason(exc)
+        return answer_error(doing, exc.meta.status, reason, credentials=CREDENTIALS,
+                            error_type=error_type)
     if isinstance(exc, elastic_transport.ConnectionTimeout):
-        return SinkUnavailable(f"{doing}: timed out")
+        return timed_out(doing)
     if isinstance(exc, elastic_transport.TransportError):
-        return SinkUnavailable(f"{doing}: cannot connect ({type(exc).__name__})")
+        return unreachable(doing, type(exc).__name__)
     return SinkUnavailable(f"{doing}: {type(exc).__name__}: {exc}")
 
 
-def _reason(exc: Any) -> str:
+def _reason(exc: Any) -> tuple[str | None, str]:
+    """Elasticsearch's error type (None when it named none) and the `type: reason` text."""
     body = getattr(exc, "body", None)
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict):
-            return f"{error.get('type', '')}: {error.get('reason', '')}"
+            kind = str(error.get("type", ""))
+            return kind or None, f"{kind}: {error.get('reason', '')}"
         if error:
-            return str(error)
-    return str(getattr(exc, "message", "")) or type(exc).__name__
+            return None, str(error)
+    return None, str(getattr(exc, "message", "")) or type(exc).__name__

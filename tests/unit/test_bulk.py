@@ -98,6 +98,15 @@ def test_a_cluster_block_is_retried_and_reported_never_dead_lettered(
     assert outcome.blocked == error[2]
 
 
+@pytest.mark.parametrize(("status", "retried"), [(500, True), (502, True), (507, True),
+                                                 (429, True), (0, True), (501, False),
+                                                 (413, False)])
+def test_item_statuses_follow_the_one_retry_policy(status: int, retried: bool) -> None:
+    outcome = bulk.classify([item(1)], answer((status, "some_exception", "why")))
+    assert [p.seq for p in outcome.retry] == ([1] if retried else [])
+    assert [d.item.seq for d in outcome.dead] == ([] if retried else [1])
+
+
 def test_an_answer_that_does_not_pair_up_retries_everything() -> None:
     sent = [item(1), item(2)]
     outcome = bulk.classify(sent, {"errors": False, "items": [{"create": {"status": 201}}]})

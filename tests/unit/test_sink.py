@@ -200,7 +200,7 @@ def test_send_classifies_the_answer_item_by_item(server: FaultBulkServer) -> Non
     assert outcome.blocked is None
 
 
-@pytest.mark.parametrize("status", [429, 502, 503, 504])
+@pytest.mark.parametrize("status", [429, 500, 502, 503, 504, 507])
 def test_bulk_whole_retryable_statuses_are_unavailable(server: FaultBulkServer,
                                                        status: int) -> None:
     server.whole_status(status)
@@ -223,13 +223,31 @@ def test_bulk_not_authorised_is_refused_and_names_the_setting(server: FaultBulkS
     assert "security_exception" in error.message
 
 
-@pytest.mark.parametrize("status", [404, 400, 413])
+@pytest.mark.parametrize("status", [404, 400, 413, 501])
 def test_bulk_other_whole_statuses_are_refused(server: FaultBulkServer, status: int) -> None:
     server.whole_status(status, error_type="index_not_found_exception", reason="no such index")
     error = fail(Connection(server.url), "bulk", body_of("a"))
     assert type(error) is SinkRefused
     assert error.status == status
+    assert error.error_type == "index_not_found_exception"
     assert "index_not_found_exception: no such index" in error.message
+
+
+@pytest.mark.parametrize(("status", "kind"), [(500, SinkUnavailable), (501, SinkRefused),
+                                              (404, SinkRefused), (401, SinkRefused)])
+def test_check_version_answers_follow_the_same_policy(server: FaultBulkServer, status: int,
+                                                      kind: type[SinkError]) -> None:
+    original = server._handle
+
+    def failing(method: str, target: str, headers: Any, body: bytes) -> Any:
+        if target.split("?")[0] == "/":
+            return status, b'{"error": {"type": "x", "reason": "y"}, "status": %d}' % status
+        return original(method, target, headers, body)
+
+    server._handle = failing  # type: ignore[method-assign]
+    error = fail(Connection(server.url), "version")
+    assert type(error) is kind
+    assert error.status == status
 
 
 def test_bulk_timeout_is_unavailable(server: FaultBulkServer) -> None:
