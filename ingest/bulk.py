@@ -13,8 +13,12 @@ from ingest.remote import retryable
 
 SHIPPED_STATUSES = frozenset({200, 201, 409})  # 409 on create: the document is already there
 BLOCK_TYPES = frozenset({"cluster_block_exception"})
-# Only what classification needs: small responses even for 10,000 items.
-FILTER_PATH = "errors,items.*.status,items.*.error.type,items.*.error.reason"
+# Only what classification needs: small responses even for 10,000 items. `failure_store` is
+# `used` on a 201 whose document went to the data stream's failure store (Elasticsearch 9.1+,
+# `FailureStoreStatus` in elasticsearch-specification's _global/bulk/types.ts).
+FILTER_PATH = ("errors,items.*.status,items.*.error.type,items.*.error.reason,"
+               "items.*.failure_store")
+FAILURE_STORE_USED = "failure_store_used"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +112,13 @@ def classify(sent: Sequence[Pending], response: dict[str, Any]) -> Outcome:
         error = result.get("error") or {}
         error_type = str(error.get("type", "")) if isinstance(error, dict) else str(error)
         reason = str(error.get("reason", "")) if isinstance(error, dict) else ""
-        if status in SHIPPED_STATUSES:
+        if status in SHIPPED_STATUSES and result.get("failure_store") == "used":
+            # Refused, then kept beside the data stream: not searchable, not in any report.
+            outcome.dead.append(DeadLetter(
+                item, status, FAILURE_STORE_USED, "refused by Elasticsearch and kept in the data "
+                "stream's failure store (search it with <data stream>::failures); this receiver "
+                "expects the failure store disabled for its data stream"))
+        elif status in SHIPPED_STATUSES:
             outcome.shipped.append(item)
             outcome.conflicts += status == 409
         elif error_type in BLOCK_TYPES or "read-only" in reason or "read_only" in reason:

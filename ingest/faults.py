@@ -143,7 +143,9 @@ class FaultBulkServer:
       flood-stage block, which still lets deletes through);
     * `lose_responses(times)`       the next bulks are applied, then the connection is closed
       without an answer (the response is lost: a retry of a `create` then meets 409);
-    * `down(mode)` / `up()`         see `down()`.
+    * `down(mode)` / `up()`         see `down()`;
+    * `failure_store(on)`           a data stream's failure store: items refused with
+      `document_parsing_exception` answer 201 `failure_store: used` and go to `failure_docs`.
 
     Per item the checks run in this order: data stream rules, index block, 429, unparsable
     source, rejections, mappings, data stream `@timestamp`, then the store (409 on a `create`
@@ -162,6 +164,7 @@ class FaultBulkServer:
         self.data_streams = data_streams
         self.product_header = True
         self.docs: dict[str, dict[str, Any]] = {}
+        self.failure_docs: list[dict[str, Any]] = []
         self.bulk_requests = 0
         self.items_seen = 0
         self.item_statuses: Counter[int] = Counter()
@@ -187,6 +190,7 @@ class FaultBulkServer:
         self._delay = 0.0
         self._block: str | None = None
         self._lose = 0
+        self._failure_store = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -290,6 +294,16 @@ class FaultBulkServer:
         with self._lock:
             self._block = kind if on else None
 
+    def failure_store(self, on: bool = True) -> None:
+        """While on, an item that would fail with `document_parsing_exception` (a mapping
+        conflict, an unparsable source, a rejection of that type, a missing `@timestamp`) is
+        kept in the target's failure store instead, as Elasticsearch 9.1+ does: the item
+        answers 201 `created` with `failure_store: used` and an `_index` of `.fs-<target>-...`
+        (a new `_id`), and the failure document (`document.id`, `document.source`, `error`) is
+        appended to `failure_docs`. Throttling, conflicts and blocks are answered as ever."""
+        with self._lock:
+            self._failure_store = on
+
     def lose_responses(self, times: int = 1) -> None:
         """The next `times` bulk requests are applied, then the connection is closed without
         an answer: the client sees a connection error although the documents are stored."""
@@ -340,6 +354,7 @@ class FaultBulkServer:
         self.reset()
         with self._lock:
             self.docs.clear()
+            self.failure_docs.clear()
             self._versions.clear()
             self._seq_no = 0
             self.bulk_requests = 0
@@ -407,6 +422,7 @@ class FaultBulkServer:
         self._delay = 0.0
         self._block = None
         self._lose = 0
+        self._failure_store = False
 
     def _hang_up(self) -> bool:
         return self._down is not None or self._stopped.is_set()
@@ -522,6 +538,8 @@ class FaultBulkServer:
         item = BulkItem(op.action, index, doc_id, op.source, op.line)
 
         def fail(status: int, error_type: str, reason: str, **extra: Any) -> dict[str, Any]:
+            if self._failure_store and error_type == "document_parsing_exception":
+                return self._to_failure_store(op, index, doc_id, error_type, reason)
             self.item_statuses[status] += 1
             error = {"type": error_type, "reason": reason, **extra}
             return {op.action: {"_index": concrete, "_id": doc_id, "status": status,
@@ -567,6 +585,20 @@ class FaultBulkServer:
                             f"[1:{len(op.raw.strip())}] failed to parse: data stream timestamp "
                             "field [@timestamp] is missing", **shard())
         return self._apply(op, concrete, doc_id, fail, shard)
+
+    def _to_failure_store(self, op: _Op, index: str, doc_id: str, error_type: str,
+                          reason: str) -> dict[str, Any]:
+        """The failed document kept in `index`'s failure store; called under the lock."""
+        self.failure_docs.append({"document": {"id": doc_id, "index": index,
+                                               "source": op.source},
+                                  "error": {"type": error_type, "message": reason}})
+        self.item_statuses[201] += 1
+        self._seq_no += 1
+        return {op.action: {"_index": f".fs-{index}-{self._started_day}-000001",
+                            "_id": _auto_id(), "_version": 1, "result": "created",
+                            "_shards": {"total": 2, "successful": 1, "failed": 0},
+                            "_seq_no": self._seq_no, "_primary_term": 1,
+                            "failure_store": "used", "status": 201}}
 
     def _apply(self, op: _Op, concrete: str, doc_id: str,
                fail: Callable[..., dict[str, Any]],

@@ -107,6 +107,26 @@ def test_item_statuses_follow_the_one_retry_policy(status: int, retried: bool) -
     assert [d.item.seq for d in outcome.dead] == ([] if retried else [1])
 
 
+def test_a_document_kept_in_the_failure_store_is_a_dead_letter_not_shipped() -> None:
+    used = {"create": {"_index": ".fs-logs-holysheep.requests-default-2026.01.01-000001",
+                       "status": 201, "failure_store": "used"}}
+    refused = {"create": {"status": 400, "failure_store": "not_enabled", "error": {
+        "type": "document_parsing_exception", "reason": "failed to parse field [latency_ms]"}}}
+    outcome = bulk.classify([item(1), item(2), item(3)], {"errors": False, "items": [
+        {"create": {"status": 201}}, used, refused]})
+    assert [p.seq for p in outcome.shipped] == [1]
+    assert [(d.item.seq, d.status, d.error_type) for d in outcome.dead] == [
+        (2, 201, "failure_store_used"), (3, 400, "document_parsing_exception")]
+    assert "failure store" in outcome.dead[0].reason
+    assert "::failures" in outcome.dead[0].reason
+
+
+def test_the_filter_path_keeps_what_classification_reads() -> None:
+    kept = set(bulk.FILTER_PATH.split(","))
+    assert {"items.*.status", "items.*.error.type", "items.*.error.reason",
+            "items.*.failure_store"} <= kept
+
+
 def test_an_answer_that_does_not_pair_up_retries_everything() -> None:
     sent = [item(1), item(2)]
     outcome = bulk.classify(sent, {"errors": False, "items": [{"create": {"status": 201}}]})

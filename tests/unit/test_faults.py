@@ -24,11 +24,11 @@ from elasticsearch import (
     UnsupportedProductError,
 )
 
+from ingest.bulk import FILTER_PATH as SINK_FILTER
 from ingest.faults import BulkItem, FaultBulkServer
 
 T = TypeVar("T")
 STREAM = "logs-holysheep.requests-default"
-SINK_FILTER = "errors,items.*.status,items.*.error.type,items.*.error.reason"
 WRITE_BLOCK = f"index [{STREAM}] blocked by: [FORBIDDEN/8/index write (api)];"
 FLOOD_BLOCK = (f"index [{STREAM}] blocked by: [TOO_MANY_REQUESTS/12/disk usage exceeded "
                "flood-stage watermark, index has read-only-allow-delete block];")
@@ -378,6 +378,35 @@ def test_mapping_conflict_like_elasticsearch(server: FaultBulkServer) -> None:
     assert re.search(r"field \[usage\.tokens\] of type \[long\] .* 'many'$",
                      answer["items"][4]["create"]["error"]["reason"])
     assert sorted(server.docs) == ["numeric-string", "ok"]
+
+
+def test_failure_store_keeps_parsing_failures_and_answers_201_used(
+        server: FaultBulkServer) -> None:
+    server.failure_store()
+    server.mapping_conflict("latency_ms", "float")
+    server.per_item_429({"busy"})
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with client(server) as es:
+            await bulk(es, ndjson(["dup"]))
+            full = await bulk(es, ndjson(["ok", "bad", "busy", "dup"]) +
+                              ndjson(["bad2"], latency_ms="fast"))
+            server.failure_store(False)
+            return full, await bulk(es, ndjson(["bad3"], latency_ms="fast"),
+                                    filter_path=SINK_FILTER)
+
+    full, off = run(scenario())
+    results = [item["create"] for item in full["items"]]
+    assert [r["status"] for r in results] == [201, 201, 429, 409, 201]
+    assert "failure_store" not in results[0] and results[0]["_index"] == STREAM
+    assert results[4]["failure_store"] == "used"
+    assert results[4]["_index"].startswith(f".fs-{STREAM}-")
+    assert results[4]["_id"] != "bad2"
+    assert "failure_store" not in results[2] and "failure_store" not in results[3]
+    assert [d["document"]["id"] for d in server.failure_docs] == ["bad2"]
+    assert server.failure_docs[0]["error"]["type"] == "document_parsing_exception"
+    assert "bad2" not in server.docs
+    assert off["items"][0]["create"]["status"] == 400
 
 
 # -- delays, timeouts, outages, lost responses ------------------------------------------------

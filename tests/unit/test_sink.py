@@ -177,6 +177,33 @@ def test_bulk_per_item_errors_come_back_in_the_body(server: FaultBulkServer) -> 
     assert [p.event_id for p in outcome.retry] == ["busy"]
 
 
+def test_a_refusal_kept_in_the_failure_store_comes_back_as_a_dead_letter(
+        server: FaultBulkServer) -> None:
+    """With the failure store on, Elasticsearch answers a refused document 201: only the
+    `failure_store` field (which the filter path must keep) tells it was not indexed."""
+    server.failure_store()
+    server.mapping_conflict("latency_ms")
+    sent = [Pending(1, "ok", orjson.dumps({"id": "ok", "latency_ms": 1.5}), b"{}"),
+            Pending(2, "bad", orjson.dumps({"id": "bad", "latency_ms": "fast"}), b"{}")]
+    body = b"".join(bulk.action(item, STREAM) for item in sent)
+
+    async def scenario() -> tuple[dict[str, Any], bulk.Outcome]:
+        sink = ElasticsearchSink(Connection(server.url))
+        try:
+            return await sink.bulk(body), await sink.send(sent, body)
+        finally:
+            await sink.close()
+
+    answer, outcome = run(scenario())
+    assert [next(iter(i.values())) for i in answer["items"]] == [
+        {"status": 201}, {"status": 201, "failure_store": "used"}]
+    assert [p.event_id for p in outcome.shipped] == ["ok"]
+    assert [(d.item.event_id, d.error_type) for d in outcome.dead] == [
+        ("bad", "failure_store_used")]
+    assert [doc["document"]["id"] for doc in server.failure_docs] == ["bad", "bad"]
+    assert "bad" not in server.snapshot()
+
+
 def test_send_classifies_the_answer_item_by_item(server: FaultBulkServer) -> None:
     server.reject_ids({"bad"})
     server.per_item_429({"busy"})
