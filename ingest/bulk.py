@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from ingest.events import MAX_ID_BYTES, id_bytes
 from ingest.remote import retryable
 
 SHIPPED_STATUSES = frozenset({200, 201, 409})  # 409 on create: the document is already there
@@ -19,6 +20,7 @@ BLOCK_TYPES = frozenset({"cluster_block_exception"})
 FILTER_PATH = ("errors,items.*.status,items.*.error.type,items.*.error.reason,"
                "items.*.failure_store")
 FAILURE_STORE_USED = "failure_store_used"
+ID_TOO_LONG = "id_too_long"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,25 @@ def batches(items: Iterable[Pending], encode: Callable[[Pending], bytes], max_do
         yield batch, b"".join(body)
 
 
+def unsendable(items: Iterable[Pending]) -> tuple[list[Pending], list[DeadLetter]]:
+    """Split off the events Elasticsearch cannot take as they are: an `_id` over 512 bytes.
+
+    The receiver refuses such ids since it counts bytes, but a store written by an older
+    release may hold some; sent, one would fail its whole bulk request with a 400.
+    """
+    fit: list[Pending] = []
+    dead: list[DeadLetter] = []
+    for item in items:
+        size = id_bytes(item.event_id) if len(item.event_id) > MAX_ID_BYTES // 4 else 0
+        if size > MAX_ID_BYTES:
+            dead.append(DeadLetter(item, 400, ID_TOO_LONG, (
+                f"the event id is {size} bytes of UTF-8, over Elasticsearch's {MAX_ID_BYTES}-byte "
+                "limit for _id: not sent (Elasticsearch refuses the whole bulk request for it)")))
+        else:
+            fit.append(item)
+    return fit, dead
+
+
 def classify(sent: Sequence[Pending], response: dict[str, Any]) -> Outcome:
     """Per item: shipped, retry (with its attempt counted), dead letter, or a cluster block."""
     outcome = Outcome()
@@ -130,6 +151,18 @@ def classify(sent: Sequence[Pending], response: dict[str, Any]) -> Outcome:
         else:
             outcome.dead.append(DeadLetter(item, status, error_type or "unknown", reason))
     return outcome
+
+
+def merge(outcomes: Iterable[Outcome]) -> Outcome:
+    """Several outcomes (of parts of one batch) as one."""
+    merged = Outcome()
+    for part in outcomes:
+        merged.shipped += part.shipped
+        merged.conflicts += part.conflicts
+        merged.retry += part.retry
+        merged.dead += part.dead
+        merged.blocked = merged.blocked or part.blocked
+    return merged
 
 
 def again(item: Pending) -> Pending:

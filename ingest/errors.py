@@ -19,6 +19,7 @@
         │                            webhook sender. `ingest.remote` decides which is which
         ├── SinkUnavailable          connection, timeout, 408, 429, 5xx but 501: retried, backoff
         ├── SinkRefused              401/403/404/other whole-request refusals: shipping pauses
+        │                            (a 400 from Elasticsearch is narrowed down to its event)
         └── SinkVersionMismatch      server major differs from the client library's: stop
 """
 

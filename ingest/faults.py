@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 HOST: Final = "127.0.0.1"
+MAX_ID_BYTES: Final = 512  # IndexRequest.MAX_DOCUMENT_ID_LENGTH_IN_BYTES
 ACTIONS: Final = ("create", "index", "update", "delete")
 BlockKind = Literal["write", "read_only", "flood_stage"]
 DownMode = Literal["refuse", "reset"]
@@ -145,7 +146,10 @@ class FaultBulkServer:
       without an answer (the response is lost: a retry of a `create` then meets 409);
     * `down(mode)` / `up()`         see `down()`;
     * `failure_store(on)`           a data stream's failure store: items refused with
-      `document_parsing_exception` answer 201 `failure_store: used` and go to `failure_docs`.
+      `document_parsing_exception` answer 201 `failure_store: used` and go to `failure_docs`;
+    * `refuse_requests_with(ids)`   any bulk request holding one of these ids answers 400 as a
+      whole (nothing stored), as Elasticsearch does for an item that fails its request-level
+      validation; an `_id` over 512 bytes of UTF-8 always does, with Elasticsearch's wording.
 
     Per item the checks run in this order: data stream rules, index block, 429, unparsable
     source, rejections, mappings, data stream `@timestamp`, then the store (409 on a `create`
@@ -191,6 +195,7 @@ class FaultBulkServer:
         self._block: str | None = None
         self._lose = 0
         self._failure_store = False
+        self._refusing: dict[str, tuple[str, str | None]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -293,6 +298,16 @@ class FaultBulkServer:
             raise ValueError(f"unknown block kind {kind!r}")
         with self._lock:
             self._block = kind if on else None
+
+    def refuse_requests_with(self, ids: Iterable[str],
+                             error_type: str = "action_request_validation_exception",
+                             reason: str | None = None) -> None:
+        """A bulk request holding any of these `_id`s answers 400 as a whole with this error
+        (`Validation Failed: 1: ...;` by default, naming the item); nothing in it is stored.
+        Another call adds to the ids; `reset()` clears them."""
+        with self._lock:
+            for doc_id in ids:
+                self._refusing[doc_id] = (error_type, reason)
 
     def failure_store(self, on: bool = True) -> None:
         """While on, an item that would fail with `document_parsing_exception` (a mapping
@@ -423,6 +438,7 @@ class FaultBulkServer:
         self._block = None
         self._lose = 0
         self._failure_store = False
+        self._refusing = {}
 
     def _hang_up(self) -> bool:
         return self._down is not None or self._stopped.is_set()
@@ -508,6 +524,7 @@ class FaultBulkServer:
                     return whole.status, _dumps(
                         _error_body(whole.status, whole.error_type, whole.reason))
                 _validate(ops, path_index)
+                self._refuse(ops)
                 try:
                     items = [self._item(op, path_index) for op in ops]
                 except _HookError as exc:
@@ -585,6 +602,16 @@ class FaultBulkServer:
                             f"[1:{len(op.raw.strip())}] failed to parse: data stream timestamp "
                             "field [@timestamp] is missing", **shard())
         return self._apply(op, concrete, doc_id, fail, shard)
+
+    def _refuse(self, ops: list[_Op]) -> None:
+        """The scripted whole-request refusals; called under the lock."""
+        for op in ops:
+            found = self._refusing.get(str(op.meta.get("_id")))
+            if found is not None:
+                error_type, reason = found
+                raise _BadRequest(400, error_type, reason or (
+                    f"Validation Failed: 1: item [{op.meta.get('_id')}] refused by fault "
+                    "injection;"))
 
     def _to_failure_store(self, op: _Op, index: str, doc_id: str, error_type: str,
                           reason: str) -> dict[str, Any]:
@@ -856,12 +883,19 @@ def _parse_bulk(body: bytes) -> list[_Op]:
 
 
 def _validate(ops: list[_Op], path_index: str | None) -> None:
+    """BulkRequest.validate: any item's problem fails the whole request with a 400."""
     problems = []
     for op in ops:
         if not (op.meta.get("_index") or path_index):
             problems.append("index is missing")
-        if op.action in ("update", "delete") and op.meta.get("_id") is None:
+        doc_id = op.meta.get("_id")
+        if op.action in ("update", "delete") and doc_id is None:
             problems.append("id is missing")
+        if doc_id is not None:
+            size = len(str(doc_id).encode("utf-8", "surrogatepass"))
+            if size > MAX_ID_BYTES:
+                problems.append(f"id [{doc_id}] is too long, must be no longer than "
+                                f"{MAX_ID_BYTES} bytes but was: {size}")
     if problems:
         listed = "".join(f"{n}: {problem};" for n, problem in enumerate(problems, 1))
         raise _BadRequest(400, "action_request_validation_exception",

@@ -17,7 +17,7 @@ import elasticsearch
 from elastic_transport import HttpxAsyncHttpNode
 from elasticsearch import AsyncElasticsearch
 
-from ingest.bulk import FILTER_PATH, Outcome, Pending, classify
+from ingest.bulk import FILTER_PATH, DeadLetter, Outcome, Pending, classify, merge
 from ingest.bulk import chunks as bulk_chunks
 from ingest.errors import (
     ConfigError,
@@ -37,6 +37,9 @@ SETTINGS = "holysheep-requests-settings"
 TEMPLATE = "holysheep-requests"
 MANAGED_BY = "holysheep-ingest"
 CREDENTIALS = "INGEST_ELASTICSEARCH_API_KEY or _USERNAME/_PASSWORD"
+# BulkRequest.validate runs every item's own validation (an `_id` over 512 bytes, ...) and
+# fails the whole request with this type when one of them does.
+VALIDATION = "action_request_validation_exception"
 _DATA_STREAM = re.compile(r"^(logs|metrics|traces)-([^-]+)-([^-]+)$")
 
 
@@ -142,8 +145,46 @@ class ElasticsearchSink:
         return bulk_chunks(items, index, max_docs, max_bytes)
 
     async def send(self, items: list[Pending], body: bytes) -> Outcome:
-        """One bulk request, classified item by item."""
-        return classify(items, await self.bulk(body))
+        """One bulk request, classified item by item; a whole-request 400 is narrowed down."""
+        try:
+            return classify(items, await self.bulk(body))
+        except SinkRefused as exc:
+            lines = _item_lines(items, body)
+            if exc.status != 400 or lines is None:
+                raise
+            return await self._narrow(items, lines, exc, isolated=False)
+
+    async def _narrow(self, items: list[Pending], lines: list[bytes], refusal: SinkRefused,
+                      isolated: bool) -> Outcome:
+        """Halve a batch refused as a whole until each refused event stands alone.
+
+        A lone event becomes a dead letter when Elasticsearch's item validation refused it
+        (VALIDATION), or when the other half of its batch was accepted: then the event is at
+        fault. A refusal of every part alike is the request's (a parameter, the framing):
+        it is raised, and shipping pauses as for any other refusal.
+        """
+        validation = refusal.error_type == VALIDATION
+        if len(items) == 1:
+            if validation or isolated:
+                return Outcome(dead=[DeadLetter(items[0], 400, refusal.error_type or
+                                                "bad_request", refusal.message)])
+            raise refusal
+        half = len(items) // 2
+        parts = [(items[:half], lines[:half]), (items[half:], lines[half:])]
+        done: list[Outcome] = []
+        refused: list[tuple[list[Pending], list[bytes], SinkRefused]] = []
+        for part, part_lines in parts:
+            try:
+                done.append(classify(part, await self.bulk(b"".join(part_lines))))
+            except SinkRefused as exc:
+                if exc.status != 400:
+                    raise
+                refused.append((part, part_lines, exc))
+        if len(refused) == len(parts) and not validation:
+            raise refusal
+        for part, part_lines, why in refused:
+            done.append(await self._narrow(part, part_lines, why, isolated=len(refused) == 1))
+        return merge(done)
 
     async def search(self, index: str, body: dict[str, Any]) -> dict[str, Any]:
         """One search request (the report queries); errors as in `bulk`."""
@@ -277,6 +318,15 @@ def _load(name: str) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read Elasticsearch asset {path}: {exc}") from exc
     return loaded
+
+
+def _item_lines(items: list[Pending], body: bytes) -> list[bytes] | None:
+    """The body cut back into each item's action and source lines (JSON holds no raw newline);
+    None for a body not made of two lines per item."""
+    lines = body.split(b"\n")
+    if len(lines) != 2 * len(items) + 1:
+        return None
+    return [lines[i] + b"\n" + lines[i + 1] + b"\n" for i in range(0, 2 * len(items), 2)]
 
 
 def _translate(exc: Exception, doing: str) -> SinkError:

@@ -127,6 +127,28 @@ def test_the_filter_path_keeps_what_classification_reads() -> None:
             "items.*.failure_store"} <= kept
 
 
+def test_ids_over_512_utf8_bytes_are_dead_letters_before_sending() -> None:
+    long_ids = ["é" * 257, "x" * 513, "😀" * 129]
+    fitting = ["é" * 256, "x" * 512, "😀" * 128, "short"]
+    items = [Pending(n, event_id, b'{"id":1}', b"{}")
+             for n, event_id in enumerate([fitting[0], long_ids[0], fitting[1], long_ids[1],
+                                           fitting[2], long_ids[2], fitting[3]])]
+    fit, dead = bulk.unsendable(items)
+    assert [p.event_id for p in fit] == fitting
+    assert [(d.item.event_id, d.status, d.error_type) for d in dead] == [
+        (i, 400, "id_too_long") for i in long_ids]
+    assert "514 bytes" in dead[0].reason and "512-byte" in dead[0].reason
+
+
+def test_outcomes_of_parts_merge_into_one() -> None:
+    a = bulk.Outcome(shipped=[item(1), item(2)], conflicts=1, retry=[item(3)])
+    b = bulk.Outcome(dead=[bulk.DeadLetter(item(4), 400, "x", "y")], blocked="read-only")
+    merged = bulk.merge([a, b, bulk.Outcome()])
+    assert [p.seq for p in merged.shipped] == [1, 2] and merged.conflicts == 1
+    assert [p.seq for p in merged.retry] == [3] and [d.item.seq for d in merged.dead] == [4]
+    assert merged.blocked == "read-only"
+
+
 def test_an_answer_that_does_not_pair_up_retries_everything() -> None:
     sent = [item(1), item(2)]
     outcome = bulk.classify(sent, {"errors": False, "items": [{"create": {"status": 201}}]})

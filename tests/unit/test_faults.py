@@ -409,6 +409,60 @@ def test_failure_store_keeps_parsing_failures_and_answers_201_used(
     assert off["items"][0]["create"]["status"] == 400
 
 
+def test_an_id_over_512_utf8_bytes_fails_the_whole_request_like_elasticsearch(
+        server: FaultBulkServer) -> None:
+    fits, over = "é" * 256, "x" * 511 + "é"  # 512 bytes; then 512 characters in 513 bytes
+
+    async def scenario() -> tuple[dict[str, Any], BadRequestError]:
+        async with client(server) as es:
+            accepted = await bulk(es, ndjson([fits]))
+            with pytest.raises(BadRequestError) as caught:
+                await bulk(es, ndjson(["a", over, "b"]))
+            return accepted, caught.value
+
+    accepted, refused = run(scenario())
+    assert statuses(accepted) == {fits: 201}
+    assert refused.meta.status == 400
+    error = refused.body["error"]
+    assert error["type"] == "action_request_validation_exception"
+    assert error["reason"] == (f"Validation Failed: 1: id [{over}] is too long, must be no "
+                               "longer than 512 bytes but was: 513;")
+    assert sorted(server.docs) == [fits]  # nothing of the refused request was applied
+
+
+def test_refuse_requests_with_fails_every_request_holding_the_id(
+        server: FaultBulkServer) -> None:
+    server.refuse_requests_with(["bad"])
+    server.refuse_requests_with(["odd"], error_type="illegal_argument_exception",
+                                reason="something about odd")
+
+    async def scenario() -> list[tuple[int, str, str]]:
+        found = []
+        async with client(server) as es:
+            for ids in (["a", "bad"], ["odd", "b"], ["c"]):
+                try:
+                    answer = await bulk(es, ndjson(ids))
+                except BadRequestError as exc:
+                    found.append((400, exc.body["error"]["type"], exc.body["error"]["reason"]))
+                else:
+                    found.append((200, "", ",".join(sorted(statuses(answer)))))
+        return found
+
+    assert run(scenario()) == [
+        (400, "action_request_validation_exception",
+         "Validation Failed: 1: item [bad] refused by fault injection;"),
+        (400, "illegal_argument_exception", "something about odd"),
+        (200, "", "c")]
+    assert sorted(server.docs) == ["c"]
+    server.reset()
+    assert run(_bulk_ids(server, ["bad"])) == {"bad": 201}
+
+
+async def _bulk_ids(server: FaultBulkServer, ids: list[str]) -> dict[str, int]:
+    async with client(server) as es:
+        return statuses(await bulk(es, ndjson(ids)))
+
+
 # -- delays, timeouts, outages, lost responses ------------------------------------------------
 
 

@@ -227,6 +227,78 @@ def test_send_classifies_the_answer_item_by_item(server: FaultBulkServer) -> Non
     assert outcome.blocked is None
 
 
+# -- a whole-request 400 ----------------------------------------------------------------------
+
+
+def send_all(server: FaultBulkServer, sent: list[Pending]) -> bulk.Outcome:
+    async def scenario() -> bulk.Outcome:
+        sink = ElasticsearchSink(Connection(server.url))
+        try:
+            [(batch, body)] = list(sink.chunks(sent, STREAM, 100, 10**7))
+            return await sink.send(batch, body)
+        finally:
+            await sink.close()
+
+    return run(scenario())
+
+
+def test_an_id_over_512_bytes_is_narrowed_down_and_the_rest_ships(
+        server: FaultBulkServer) -> None:
+    """Elasticsearch refuses the whole request for one over-long `_id` (as an older store's
+    event may have): the batch is halved until that event stands alone as a dead letter."""
+    long_id = "é" * 300
+    sent = items(*(f"e{i}" for i in range(5)), long_id, *(f"e{i}" for i in range(5, 10)))
+    outcome = send_all(server, sent)
+    assert sorted(p.event_id for p in outcome.shipped) == [f"e{i}" for i in range(10)]
+    [letter] = outcome.dead
+    assert (letter.item.event_id, letter.status, letter.error_type) == (
+        long_id, 400, "action_request_validation_exception")
+    assert "is too long, must be no longer than 512 bytes but was: 600" in letter.reason
+    assert sorted(server.snapshot()) == sorted(f"e{i}" for i in range(10))
+    sizes = [n for _m, path, n in server.requests_log if path.endswith("/_bulk")]
+    assert sizes[0] == 11 and len(sizes) <= 2 * 4 + 1  # 11 -> 5 + 6 -> ... -> the one alone
+
+
+def test_two_refused_events_in_both_halves_are_both_narrowed_down(
+        server: FaultBulkServer) -> None:
+    server.refuse_requests_with(["b", "g"])
+    outcome = send_all(server, items(*"abcdefgh"))
+    assert sorted(p.event_id for p in outcome.shipped) == list("acdefh")
+    assert sorted(d.item.event_id for d in outcome.dead) == ["b", "g"]
+
+
+def test_an_event_refused_with_another_400_is_dead_once_its_half_is_accepted(
+        server: FaultBulkServer) -> None:
+    server.refuse_requests_with(["c"], error_type="illegal_argument_exception",
+                                reason="something about c")
+    outcome = send_all(server, items(*"abcdef"))
+    assert sorted(p.event_id for p in outcome.shipped) == list("abdef")
+    [letter] = outcome.dead
+    assert (letter.item.event_id, letter.error_type) == ("c", "illegal_argument_exception")
+    assert "something about c" in letter.reason
+
+
+@pytest.mark.parametrize("count", [1, 6])
+def test_a_400_for_every_part_is_the_requests_fault_and_dead_letters_nothing(
+        server: FaultBulkServer, count: int) -> None:
+    server.whole_status(400, times=None, error_type="illegal_argument_exception",
+                        reason="request [/_bulk] contains unrecognized parameter")
+
+    async def scenario() -> SinkError:
+        sink = ElasticsearchSink(Connection(server.url))
+        try:
+            [(batch, body)] = list(sink.chunks(items(*"abcdef"[:count]), STREAM, 100, 10**7))
+            with pytest.raises(SinkRefused) as caught:
+                await sink.send(batch, body)
+            return caught.value
+        finally:
+            await sink.close()
+
+    error = run(scenario())
+    assert error.status == 400 and "unrecognized parameter" in error.message
+    assert server.bulk_requests == (1 if count == 1 else 3)  # the batch, then its two halves
+
+
 @pytest.mark.parametrize("status", [429, 500, 502, 503, 504, 507])
 def test_bulk_whole_retryable_statuses_are_unavailable(server: FaultBulkServer,
                                                        status: int) -> None:
