@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 import pytest
 
+from ingest import bulk
+from ingest.bulk import Pending
 from ingest.enrich import Enricher, Row
 from ingest.prices import PriceBook
 from ingest.shipper import Shipper
@@ -182,6 +184,42 @@ def test_a_mapping_conflict_ends_in_the_dead_letters(cluster: Any, stream: str,
     assert letter["target"] == stream
     assert local.reader.counts() == {"pending": 0, "shipped": 1, "dead": 1, "quarantined": 0}
 
+
+
+def test_an_id_over_512_bytes_never_stalls_shipping(cluster: Any, stream: str,
+                                                   local: Local) -> None:
+    """Elasticsearch refuses a whole bulk request for one `_id` over 512 bytes of UTF-8: the
+    shipper dead-letters such an event (from an older store) unsent, and the sink narrows a
+    request holding one down to it."""
+    good = rows(6, prefix="len")
+    long_id = "é" * 300  # 300 characters, 600 bytes
+    event = {"id": long_id, "status_code": 200, "timestamp": int(time.time() * 1000)}
+    raw = orjson.dumps(event)
+    too_long = ENRICH.row(orjson.loads(raw), raw, event["timestamp"])
+
+    async def scenario(sink: ElasticsearchSink) -> tuple[int, bulk.Outcome, int]:
+        await setup(sink, stream)
+        assert all(await local.store.write([*good[:3], too_long, *good[3:]], (), 0))
+        await local.shipper(sink, stream).drain(timeout=60)
+        shipped = await count(sink, stream)
+        # The same event straight to the sink, past the shipper's check, between two others.
+        sent = [Pending(1, "narrow-a", good[0].doc.replace(b"len-00000", b"narrow-a"), b"{}"),
+                Pending(2, long_id, too_long.doc, raw),
+                Pending(3, "narrow-b", good[1].doc.replace(b"len-00001", b"narrow-b"), b"{}")]
+        [(batch, body)] = list(sink.chunks(sent, stream, 10, 10**7))
+        outcome = await sink.send(batch, body)
+        return shipped, outcome, await count(sink, stream)
+
+    shipped, outcome, after = cluster.run(scenario)
+    assert shipped == 6
+    [letter] = local.reader.dead_letters()
+    assert (letter["event_id"], letter["error_type"]) == (long_id, "id_too_long")
+    assert sorted(p.event_id for p in outcome.shipped) == ["narrow-a", "narrow-b"]
+    [refused] = outcome.dead
+    assert refused.item.event_id == long_id
+    assert refused.error_type == "action_request_validation_exception"
+    assert "must be no longer than 512 bytes but was: 600" in refused.reason
+    assert after == 8
 
 
 def test_reports_and_search_agree_with_the_store(cluster: Any, stream: str,
