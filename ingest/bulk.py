@@ -9,11 +9,18 @@ from typing import Any
 
 import orjson
 
+from ingest.events import MAX_ID_BYTES, id_bytes
+from ingest.remote import retryable
+
 SHIPPED_STATUSES = frozenset({200, 201, 409})  # 409 on create: the document is already there
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 BLOCK_TYPES = frozenset({"cluster_block_exception"})
-# Only what classification needs: small responses even for 10,000 items.
-FILTER_PATH = "errors,items.*.status,items.*.error.type,items.*.error.reason"
+# Only what classification needs: small responses even for 10,000 items. `failure_store` is
+# `used` on a 201 whose document went to the data stream's failure store (Elasticsearch 9.1+,
+# `FailureStoreStatus` in elasticsearch-specification's _global/bulk/types.ts).
+FILTER_PATH = ("errors,items.*.status,items.*.error.type,items.*.error.reason,"
+               "items.*.failure_store")
+FAILURE_STORE_USED = "failure_store_used"
+ID_TOO_LONG = "id_too_long"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +100,25 @@ def batches(items: Iterable[Pending], encode: Callable[[Pending], bytes], max_do
         yield batch, b"".join(body)
 
 
+def unsendable(items: Iterable[Pending]) -> tuple[list[Pending], list[DeadLetter]]:
+    """Split off the events Elasticsearch cannot take as they are: an `_id` over 512 bytes.
+
+    The receiver refuses such ids since it counts bytes, but a store written by an older
+    release may hold some; sent, one would fail its whole bulk request with a 400.
+    """
+    fit: list[Pending] = []
+    dead: list[DeadLetter] = []
+    for item in items:
+        size = id_bytes(item.event_id) if len(item.event_id) > MAX_ID_BYTES // 4 else 0
+        if size > MAX_ID_BYTES:
+            dead.append(DeadLetter(item, 400, ID_TOO_LONG, (
+                f"the event id is {size} bytes of UTF-8, over Elasticsearch's {MAX_ID_BYTES}-byte "
+                "limit for _id: not sent (Elasticsearch refuses the whole bulk request for it)")))
+        else:
+            fit.append(item)
+    return fit, dead
+
+
 def classify(sent: Sequence[Pending], response: dict[str, Any]) -> Outcome:
     """Per item: shipped, retry (with its attempt counted), dead letter, or a cluster block."""
     outcome = Outcome()
@@ -107,18 +133,36 @@ def classify(sent: Sequence[Pending], response: dict[str, Any]) -> Outcome:
         error = result.get("error") or {}
         error_type = str(error.get("type", "")) if isinstance(error, dict) else str(error)
         reason = str(error.get("reason", "")) if isinstance(error, dict) else ""
-        if status in SHIPPED_STATUSES:
+        if status in SHIPPED_STATUSES and result.get("failure_store") == "used":
+            # Refused, then kept beside the data stream: not searchable, not in any report.
+            outcome.dead.append(DeadLetter(
+                item, status, FAILURE_STORE_USED, "refused by Elasticsearch and kept in the data "
+                "stream's failure store (search it with <data stream>::failures); this receiver "
+                "expects the failure store disabled for its data stream"))
+        elif status in SHIPPED_STATUSES:
             outcome.shipped.append(item)
             outcome.conflicts += status == 409
         elif error_type in BLOCK_TYPES or "read-only" in reason or "read_only" in reason:
             # A full disk or a read-only index is the cluster's problem, never the event's.
             outcome.blocked = reason or error_type
             outcome.retry.append(again(item))
-        elif status in RETRY_STATUSES or status == 0:
+        elif status == 0 or retryable(status):
             outcome.retry.append(again(item))
         else:
             outcome.dead.append(DeadLetter(item, status, error_type or "unknown", reason))
     return outcome
+
+
+def merge(outcomes: Iterable[Outcome]) -> Outcome:
+    """Several outcomes (of parts of one batch) as one."""
+    merged = Outcome()
+    for part in outcomes:
+        merged.shipped += part.shipped
+        merged.conflicts += part.conflicts
+        merged.retry += part.retry
+        merged.dead += part.dead
+        merged.blocked = merged.blocked or part.blocked
+    return merged
 
 
 def again(item: Pending) -> Pending:

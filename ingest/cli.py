@@ -302,7 +302,7 @@ async def _search_es(settings: Any, args: argparse.Namespace) -> list[dict[str, 
     body = reports.search_body(args.event_id, args.user, args.trace, args.text, args.limit)
     async with ElasticsearchSink(connection(settings)) as sink:
         answer = await sink.search(settings.data_stream, body)
-    return [hit["_source"] for hit in answer.get("hits", {}).get("hits", [])]
+    return reports.search_hits(answer)
 
 
 def _reader(data_dir: Path | None) -> Reader:

@@ -15,9 +15,11 @@
     ├── StoreError                   -> 503 with Retry-After
     │   ├── StoreFull                over the size limit or the disk nearly full
     │   └── StoreUnavailable         the writer failed or is stopped
-    └── SinkError                    Elasticsearch; never reaches a webhook sender
-        ├── SinkUnavailable          connection, timeout, 429/502/503/504: retried with backoff
+    └── SinkError                    a remote (Elasticsearch, Logstash, Kibana); never reaches a
+        │                            webhook sender. `ingest.remote` decides which is which
+        ├── SinkUnavailable          connection, timeout, 408, 429, 5xx but 501: retried, backoff
         ├── SinkRefused              401/403/404/other whole-request refusals: shipping pauses
+        │                            (a 400 from Elasticsearch is narrowed down to its event)
         └── SinkVersionMismatch      server major differs from the client library's: stop
 
 Anything else that escapes on the webhook path is a fault of the receiver: 500
@@ -96,9 +98,11 @@ class StoreUnavailable(StoreError):
 class SinkError(IngestError):
     code = "sink_error"
 
-    def __init__(self, message: str = "", status: int | None = None) -> None:
+    def __init__(self, message: str = "", status: int | None = None, *,
+                 error_type: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.error_type = error_type  # the remote's own name for the error, when it gave one
 
 
 class SinkUnavailable(SinkError):

@@ -20,6 +20,10 @@ NDJSON_TYPES = frozenset({
     "application/jsonlines",
 })
 MAX_ID_LENGTH = 512
+# The event id becomes the Elasticsearch `_id`, limited to 512 bytes of UTF-8; one longer id
+# fails the whole bulk request it travels in (DocWriteRequest.validateDocIdLength).
+MAX_ID_BYTES = 512
+_SAFE_ID_CHARS = MAX_ID_BYTES // 4  # no text this short can take more bytes than that
 MAX_COUNT = 10**15  # keeps every count inside SQLite's and Elasticsearch's 64-bit integers
 # orjson's parser refuses JSON nested deeper than this; its encoder refuses a stored document
 # nested deeper than MAX_EVENT_DEPTH, so such an event is quarantined (its bytes are kept).
@@ -229,8 +233,12 @@ def validate(data: dict[str, Any]) -> dict[str, Any]:
     except msgspec.ValidationError as exc:
         raise EventInvalid(_reason(str(exc))) from None
     # Straight-line on purpose: this runs for every event, and almost always changes nothing.
-    if event.id is not None and event.id.__class__ is not str:
-        data["id"] = _text(event.id, "id")
+    if event.id is not None:
+        if event.id.__class__ is not str:
+            data["id"] = _text(event.id, "id")
+        elif len(event.id) > _SAFE_ID_CHARS and id_bytes(event.id) > MAX_ID_BYTES:
+            raise EventInvalid(f"id: Expected `str` of at most {MAX_ID_BYTES} bytes in UTF-8 "
+                               f"(Elasticsearch's `_id` limit), got {id_bytes(event.id)}")
     if event.status_code is not None and data["status_code"].__class__ is not int:
         data["status_code"] = event.status_code
     for name in _FLOATS:
@@ -262,6 +270,11 @@ def _text(value: str | int, where: str) -> str:
     if len(text) > MAX_ID_LENGTH:
         raise EventInvalid(f"{where}: Expected `str` of length <= {MAX_ID_LENGTH}")
     return text
+
+
+def id_bytes(event_id: str) -> int:
+    """The id's length as Elasticsearch counts it: bytes of UTF-8."""
+    return len(event_id.encode("utf-8", "surrogatepass"))
 
 
 def _reason(message: str) -> str:

@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 HOST: Final = "127.0.0.1"
+MAX_ID_BYTES: Final = 512  # IndexRequest.MAX_DOCUMENT_ID_LENGTH_IN_BYTES
 ACTIONS: Final = ("create", "index", "update", "delete")
 BlockKind = Literal["write", "read_only", "flood_stage"]
 DownMode = Literal["refuse", "reset"]
@@ -143,7 +144,12 @@ class FaultBulkServer:
       flood-stage block, which still lets deletes through);
     * `lose_responses(times)`       the next bulks are applied, then the connection is closed
       without an answer (the response is lost: a retry of a `create` then meets 409);
-    * `down(mode)` / `up()`         see `down()`.
+    * `down(mode)` / `up()`         see `down()`;
+    * `failure_store(on)`           a data stream's failure store: items refused with
+      `document_parsing_exception` answer 201 `failure_store: used` and go to `failure_docs`;
+    * `refuse_requests_with(ids)`   any bulk request holding one of these ids answers 400 as a
+      whole (nothing stored), as Elasticsearch does for an item that fails its request-level
+      validation; an `_id` over 512 bytes of UTF-8 always does, with Elasticsearch's wording.
 
     Per item the checks run in this order: data stream rules, index block, 429, unparsable
     source, rejections, mappings, data stream `@timestamp`, then the store (409 on a `create`
@@ -162,6 +168,7 @@ class FaultBulkServer:
         self.data_streams = data_streams
         self.product_header = True
         self.docs: dict[str, dict[str, Any]] = {}
+        self.failure_docs: list[dict[str, Any]] = []
         self.bulk_requests = 0
         self.items_seen = 0
         self.item_statuses: Counter[int] = Counter()
@@ -187,6 +194,8 @@ class FaultBulkServer:
         self._delay = 0.0
         self._block: str | None = None
         self._lose = 0
+        self._failure_store = False
+        self._refusing: dict[str, tuple[str, str | None]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -290,6 +299,26 @@ class FaultBulkServer:
         with self._lock:
             self._block = kind if on else None
 
+    def refuse_requests_with(self, ids: Iterable[str],
+                             error_type: str = "action_request_validation_exception",
+                             reason: str | None = None) -> None:
+        """A bulk request holding any of these `_id`s answers 400 as a whole with this error
+        (`Validation Failed: 1: ...;` by default, naming the item); nothing in it is stored.
+        Another call adds to the ids; `reset()` clears them."""
+        with self._lock:
+            for doc_id in ids:
+                self._refusing[doc_id] = (error_type, reason)
+
+    def failure_store(self, on: bool = True) -> None:
+        """While on, an item that would fail with `document_parsing_exception` (a mapping
+        conflict, an unparsable source, a rejection of that type, a missing `@timestamp`) is
+        kept in the target's failure store instead, as Elasticsearch 9.1+ does: the item
+        answers 201 `created` with `failure_store: used` and an `_index` of `.fs-<target>-...`
+        (a new `_id`), and the failure document (`document.id`, `document.source`, `error`) is
+        appended to `failure_docs`. Throttling, conflicts and blocks are answered as ever."""
+        with self._lock:
+            self._failure_store = on
+
     def lose_responses(self, times: int = 1) -> None:
         """The next `times` bulk requests are applied, then the connection is closed without
         an answer: the client sees a connection error although the documents are stored."""
@@ -340,6 +369,7 @@ class FaultBulkServer:
         self.reset()
         with self._lock:
             self.docs.clear()
+            self.failure_docs.clear()
             self._versions.clear()
             self._seq_no = 0
             self.bulk_requests = 0
@@ -407,6 +437,8 @@ class FaultBulkServer:
         self._delay = 0.0
         self._block = None
         self._lose = 0
+        self._failure_store = False
+        self._refusing = {}
 
     def _hang_up(self) -> bool:
         return self._down is not None or self._stopped.is_set()
@@ -492,6 +524,7 @@ class FaultBulkServer:
                     return whole.status, _dumps(
                         _error_body(whole.status, whole.error_type, whole.reason))
                 _validate(ops, path_index)
+                self._refuse(ops)
                 try:
                     items = [self._item(op, path_index) for op in ops]
                 except _HookError as exc:
@@ -522,6 +555,8 @@ class FaultBulkServer:
         item = BulkItem(op.action, index, doc_id, op.source, op.line)
 
         def fail(status: int, error_type: str, reason: str, **extra: Any) -> dict[str, Any]:
+            if self._failure_store and error_type == "document_parsing_exception":
+                return self._to_failure_store(op, index, doc_id, error_type, reason)
             self.item_statuses[status] += 1
             error = {"type": error_type, "reason": reason, **extra}
             return {op.action: {"_index": concrete, "_id": doc_id, "status": status,
@@ -567,6 +602,30 @@ class FaultBulkServer:
                             f"[1:{len(op.raw.strip())}] failed to parse: data stream timestamp "
                             "field [@timestamp] is missing", **shard())
         return self._apply(op, concrete, doc_id, fail, shard)
+
+    def _refuse(self, ops: list[_Op]) -> None:
+        """The scripted whole-request refusals; called under the lock."""
+        for op in ops:
+            found = self._refusing.get(str(op.meta.get("_id")))
+            if found is not None:
+                error_type, reason = found
+                raise _BadRequest(400, error_type, reason or (
+                    f"Validation Failed: 1: item [{op.meta.get('_id')}] refused by fault "
+                    "injection;"))
+
+    def _to_failure_store(self, op: _Op, index: str, doc_id: str, error_type: str,
+                          reason: str) -> dict[str, Any]:
+        """The failed document kept in `index`'s failure store; called under the lock."""
+        self.failure_docs.append({"document": {"id": doc_id, "index": index,
+                                               "source": op.source},
+                                  "error": {"type": error_type, "message": reason}})
+        self.item_statuses[201] += 1
+        self._seq_no += 1
+        return {op.action: {"_index": f".fs-{index}-{self._started_day}-000001",
+                            "_id": _auto_id(), "_version": 1, "result": "created",
+                            "_shards": {"total": 2, "successful": 1, "failed": 0},
+                            "_seq_no": self._seq_no, "_primary_term": 1,
+                            "failure_store": "used", "status": 201}}
 
     def _apply(self, op: _Op, concrete: str, doc_id: str,
                fail: Callable[..., dict[str, Any]],
@@ -824,12 +883,19 @@ def _parse_bulk(body: bytes) -> list[_Op]:
 
 
 def _validate(ops: list[_Op], path_index: str | None) -> None:
+    """BulkRequest.validate: any item's problem fails the whole request with a 400."""
     problems = []
     for op in ops:
         if not (op.meta.get("_index") or path_index):
             problems.append("index is missing")
-        if op.action in ("update", "delete") and op.meta.get("_id") is None:
+        doc_id = op.meta.get("_id")
+        if op.action in ("update", "delete") and doc_id is None:
             problems.append("id is missing")
+        if doc_id is not None:
+            size = len(str(doc_id).encode("utf-8", "surrogatepass"))
+            if size > MAX_ID_BYTES:
+                problems.append(f"id [{doc_id}] is too long, must be no longer than "
+                                f"{MAX_ID_BYTES} bytes but was: {size}")
     if problems:
         listed = "".join(f"{n}: {problem};" for n, problem in enumerate(problems, 1))
         raise _BadRequest(400, "action_request_validation_exception",

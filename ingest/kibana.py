@@ -6,15 +6,16 @@ import ssl
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 
-from ingest.errors import ConfigError, SinkError, SinkRefused, SinkUnavailable
+from ingest.errors import ConfigError, SinkError, SinkRefused
+from ingest.remote import answer_error, redact, transport_error
 
 SAVED_OBJECTS = "holysheep.ndjson"
 IMPORT_PATH = "/api/saved_objects/_import"
-_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+CREDENTIALS = "INGEST_KIBANA_API_KEY or INGEST_KIBANA_USERNAME/_PASSWORD"
 _SHOWN_ERRORS = 5
 
 
@@ -28,16 +29,6 @@ def saved_objects_path() -> Path:
     raise ConfigError(f"the Kibana saved objects ({SAVED_OBJECTS}) are not installed")
 
 
-def redact(url: str) -> str:
-    """The URL without any `user:password@` part, for messages."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=f"***@{netloc}"))
-
-
 async def import_saved_objects(
     url: str, *, username: str | None = None, password: str | None = None,
     api_key: str | None = None, ca_cert: Path | None = None, path: Path,
@@ -45,9 +36,10 @@ async def import_saved_objects(
 ) -> dict[str, Any]:
     """POST `path` to Kibana's saved objects import with overwrite=true; returns Kibana's answer.
 
-    Raises SinkUnavailable when Kibana cannot be reached, times out or answers 429/502/503/504
-    (Kibana answers 503 while it starts), SinkRefused for 401/403, any other status or an
-    import with `success: false`, and ConfigError for an unreadable file or CA certificate.
+    Raises SinkUnavailable when Kibana cannot be reached, times out or answers a status
+    `ingest.remote` retries (Kibana answers 503 while it starts), SinkRefused for 401/403, any
+    other status or an import with `success: false`, and ConfigError for an unreadable file or
+    CA certificate.
     Messages never contain credentials.
     """
     try:
@@ -87,11 +79,9 @@ async def import_saved_objects(
         message = exc.message
         for secret in secrets:
             message = message.replace(secret, "***")
-        raise type(exc)(message, exc.status) from None
-    except httpx.TimeoutException:
-        raise SinkUnavailable(f"{doing}: timed out after {timeout:g}s") from None
-    except httpx.TransportError as exc:
-        raise SinkUnavailable(f"{doing}: cannot connect ({type(exc).__name__})") from None
+        raise type(exc)(message, exc.status, error_type=exc.error_type) from None
+    except (httpx.TimeoutException, httpx.TransportError) as exc:
+        raise transport_error(doing, exc, timeout) from None
     except httpx.InvalidURL:
         raise ConfigError(f"Kibana URL {shown!r} is not a usable URL") from None
 
@@ -109,13 +99,8 @@ async def _post(url: str, headers: dict[str, str], auth: httpx.BasicAuth | None,
 
 def _result(response: httpx.Response, doing: str) -> dict[str, Any]:
     status = response.status_code
-    if status in (401, 403):
-        raise SinkRefused(f"{doing}: HTTP {status}, not authorised: check INGEST_KIBANA_API_KEY "
-                          f"or INGEST_KIBANA_USERNAME/_PASSWORD ({_message(response)})", status)
-    if status in _RETRY_STATUSES:
-        raise SinkUnavailable(f"{doing}: HTTP {status} {_message(response)}", status)
     if status != 200:
-        raise SinkRefused(f"{doing}: HTTP {status} {_message(response)}", status)
+        raise answer_error(doing, status, _message(response), credentials=CREDENTIALS)
     try:
         body = response.json()
     except ValueError:

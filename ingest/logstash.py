@@ -9,10 +9,10 @@ import httpx
 
 from ingest import bulk
 from ingest.bulk import DeadLetter, Pending
-from ingest.errors import ConfigError, SinkRefused, SinkUnavailable
-from ingest.sink import redact
+from ingest.errors import ConfigError, SinkRefused
+from ingest.remote import answer_error, redact, retryable, transport_error
 
-_RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+CREDENTIALS = "INGEST_LOGSTASH_USERNAME/_PASSWORD"
 
 
 @dataclass(frozen=True)
@@ -54,18 +54,13 @@ class LogstashSink:
         try:
             response = await self.client.post(
                 self._post_url, content=body, headers={"content-type": "application/x-ndjson"})
-        except httpx.TimeoutException:
-            raise SinkUnavailable("Logstash: timed out") from None
         except httpx.HTTPError as exc:
-            raise SinkUnavailable(f"Logstash: cannot connect ({type(exc).__name__})") from None
+            raise transport_error("Logstash", exc) from None
         status = response.status_code
         if 200 <= status < 300:
             return bulk.Outcome(shipped=list(items))
-        if status in _RETRY_STATUSES:
-            raise SinkUnavailable(f"Logstash: HTTP {status}", status)
-        if status in (401, 403):
-            raise SinkRefused(f"Logstash: HTTP {status}, not authorised: check "
-                              "INGEST_LOGSTASH_USERNAME/_PASSWORD", status)
+        if retryable(status) or status in (401, 403):
+            raise answer_error("Logstash", status, credentials=CREDENTIALS)
         if status == 413:
             raise SinkRefused(f"Logstash: HTTP 413 {response.text[:200]}", 413)
         if len(items) > 1:

@@ -162,6 +162,9 @@ class Shipper:
         items = self._take()
         if not items:
             return False
+        items, unsendable = bulk.unsendable(items)
+        if unsendable:
+            await self._finish(bulk.Outcome(dead=unsendable))
         for batch, body in self.sink.chunks(items, self.index, self.batch_docs,
                                             self.batch_bytes):
             await self._slots.acquire()

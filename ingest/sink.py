@@ -17,7 +17,7 @@ import elasticsearch
 from elastic_transport import HttpxAsyncHttpNode
 from elasticsearch import AsyncElasticsearch
 
-from ingest.bulk import FILTER_PATH, Outcome, Pending, classify
+from ingest.bulk import FILTER_PATH, DeadLetter, Outcome, Pending, classify, merge
 from ingest.bulk import chunks as bulk_chunks
 from ingest.errors import (
     ConfigError,
@@ -26,6 +26,7 @@ from ingest.errors import (
     SinkUnavailable,
     SinkVersionMismatch,
 )
+from ingest.remote import answer_error, redact, timed_out, unreachable
 from ingest.settings import Settings
 
 CLIENT_VERSION = version("elasticsearch")
@@ -35,8 +36,10 @@ MAPPINGS = "holysheep-requests-mappings"
 SETTINGS = "holysheep-requests-settings"
 TEMPLATE = "holysheep-requests"
 MANAGED_BY = "holysheep-ingest"
-_RETRY_STATUSES = frozenset({429, 502, 503, 504})
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?[^/@]*@")
+CREDENTIALS = "INGEST_ELASTICSEARCH_API_KEY or _USERNAME/_PASSWORD"
+# BulkRequest.validate runs every item's own validation (an `_id` over 512 bytes, ...) and
+# fails the whole request with this type when one of them does.
+VALIDATION = "action_request_validation_exception"
 _DATA_STREAM = re.compile(r"^(logs|metrics|traces)-([^-]+)-([^-]+)$")
 
 
@@ -51,11 +54,6 @@ class Connection:
     ca_cert: Path | None = None
     verify_certs: bool = True
     timeout_s: float = 30.0
-
-
-def redact(url: str) -> str:
-    """The URL without any `user:password@` part, for messages and logs."""
-    return _USERINFO.sub(r"\1***@", url)
 
 
 def connection(settings: Settings) -> Connection:
@@ -115,11 +113,10 @@ class ElasticsearchSink:
             meta, info = await self.client.transport.perform_request("GET", "/", headers=headers)
         except Exception as exc:
             raise _translate(exc, "reading the cluster version") from None
-        if meta.status in (401, 403):
-            raise SinkRefused(f"reading the cluster version: HTTP {meta.status}, not authorised: "
-                              "check INGEST_ELASTICSEARCH_API_KEY or _USERNAME/_PASSWORD",
-                              meta.status)
-        if meta.status >= 300 or not isinstance(info, dict) or "version" not in info:
+        if meta.status >= 300:
+            raise answer_error("reading the cluster version", meta.status,
+                               credentials=CREDENTIALS)
+        if not isinstance(info, dict) or "version" not in info:
             raise SinkUnavailable(f"reading the cluster version: HTTP {meta.status}", meta.status)
         if meta.headers.get("x-elastic-product") != "Elasticsearch":
             raise SinkRefused(f"the server at {self.url} is not Elasticsearch")
@@ -148,8 +145,46 @@ class ElasticsearchSink:
         return bulk_chunks(items, index, max_docs, max_bytes)
 
     async def send(self, items: list[Pending], body: bytes) -> Outcome:
-        """One bulk request, classified item by item."""
-        return classify(items, await self.bulk(body))
+        """One bulk request, classified item by item; a whole-request 400 is narrowed down."""
+        try:
+            return classify(items, await self.bulk(body))
+        except SinkRefused as exc:
+            lines = _item_lines(items, body)
+            if exc.status != 400 or lines is None:
+                raise
+            return await self._narrow(items, lines, exc, isolated=False)
+
+    async def _narrow(self, items: list[Pending], lines: list[bytes], refusal: SinkRefused,
+                      isolated: bool) -> Outcome:
+        """Halve a batch refused as a whole until each refused event stands alone.
+
+        A lone event becomes a dead letter when Elasticsearch's item validation refused it
+        (VALIDATION), or when the other half of its batch was accepted: then the event is at
+        fault. A refusal of every part alike is the request's (a parameter, the framing):
+        it is raised, and shipping pauses as for any other refusal.
+        """
+        validation = refusal.error_type == VALIDATION
+        if len(items) == 1:
+            if validation or isolated:
+                return Outcome(dead=[DeadLetter(items[0], 400, refusal.error_type or
+                                                "bad_request", refusal.message)])
+            raise refusal
+        half = len(items) // 2
+        parts = [(items[:half], lines[:half]), (items[half:], lines[half:])]
+        done: list[Outcome] = []
+        refused: list[tuple[list[Pending], list[bytes], SinkRefused]] = []
+        for part, part_lines in parts:
+            try:
+                done.append(classify(part, await self.bulk(b"".join(part_lines))))
+            except SinkRefused as exc:
+                if exc.status != 400:
+                    raise
+                refused.append((part, part_lines, exc))
+        if len(refused) == len(parts) and not validation:
+            raise refusal
+        for part, part_lines, why in refused:
+            done.append(await self._narrow(part, part_lines, why, isolated=len(refused) == 1))
+        return merge(done)
 
     async def search(self, index: str, body: dict[str, Any]) -> dict[str, Any]:
         """One search request (the report queries); errors as in `bulk`."""
@@ -285,32 +320,38 @@ def _load(name: str) -> dict[str, Any]:
     return loaded
 
 
+def _item_lines(items: list[Pending], body: bytes) -> list[bytes] | None:
+    """The body cut back into each item's action and source lines (JSON holds no raw newline);
+    None for a body not made of two lines per item."""
+    lines = body.split(b"\n")
+    if len(lines) != 2 * len(items) + 1:
+        return None
+    return [lines[i] + b"\n" + lines[i + 1] + b"\n" for i in range(0, 2 * len(items), 2)]
+
+
 def _translate(exc: Exception, doing: str) -> SinkError:
     """The client's exceptions as our error tree: retry what may pass, refuse the rest."""
     if isinstance(exc, elasticsearch.UnsupportedProductError):
         return SinkRefused(f"{doing}: the server at this URL is not Elasticsearch")
     if isinstance(exc, elasticsearch.ApiError):
-        status = exc.meta.status
-        reason = _reason(exc)
-        if status in _RETRY_STATUSES:
-            return SinkUnavailable(f"{doing}: HTTP {status} {reason}", status)
-        if status in (401, 403):
-            return SinkRefused(f"{doing}: HTTP {status}, not authorised: check INGEST_ELASTIC"
-                               f"SEARCH_API_KEY or _USERNAME/_PASSWORD ({reason})", status)
-        return SinkRefused(f"{doing}: HTTP {status} {reason}", status)
+        error_type, reason = _reason(exc)
+        return answer_error(doing, exc.meta.status, reason, credentials=CREDENTIALS,
+                            error_type=error_type)
     if isinstance(exc, elastic_transport.ConnectionTimeout):
-        return SinkUnavailable(f"{doing}: timed out")
+        return timed_out(doing)
     if isinstance(exc, elastic_transport.TransportError):
-        return SinkUnavailable(f"{doing}: cannot connect ({type(exc).__name__})")
+        return unreachable(doing, type(exc).__name__)
     return SinkUnavailable(f"{doing}: {type(exc).__name__}: {exc}")
 
 
-def _reason(exc: Any) -> str:
+def _reason(exc: Any) -> tuple[str | None, str]:
+    """Elasticsearch's error type (None when it named none) and the `type: reason` text."""
     body = getattr(exc, "body", None)
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict):
-            return f"{error.get('type', '')}: {error.get('reason', '')}"
+            kind = str(error.get("type", ""))
+            return kind or None, f"{kind}: {error.get('reason', '')}"
         if error:
-            return str(error)
-    return str(getattr(exc, "message", "")) or type(exc).__name__
+            return None, str(error)
+    return None, str(getattr(exc, "message", "")) or type(exc).__name__

@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 import pytest
 
+from ingest import bulk
+from ingest.bulk import Pending
 from ingest.enrich import Enricher, Row
 from ingest.prices import PriceBook
 from ingest.shipper import Shipper
@@ -237,6 +239,42 @@ def test_a_raw_event_longer_than_the_logsdb_ignore_above_comes_back_whole(
     assert "event.original" not in hit.get("_ignored", [])
 
 
+def test_an_id_over_512_bytes_never_stalls_shipping(cluster: Any, stream: str,
+                                                   local: Local) -> None:
+    """Elasticsearch refuses a whole bulk request for one `_id` over 512 bytes of UTF-8: the
+    shipper dead-letters such an event (from an older store) unsent, and the sink narrows a
+    request holding one down to it."""
+    good = rows(6, prefix="len")
+    long_id = "é" * 300  # 300 characters, 600 bytes
+    event = {"id": long_id, "status_code": 200, "timestamp": int(time.time() * 1000)}
+    raw = orjson.dumps(event)
+    too_long = ENRICH.row(orjson.loads(raw), raw, event["timestamp"])
+
+    async def scenario(sink: ElasticsearchSink) -> tuple[int, bulk.Outcome, int]:
+        await setup(sink, stream)
+        assert all(await local.store.write([*good[:3], too_long, *good[3:]], (), 0))
+        await local.shipper(sink, stream).drain(timeout=60)
+        shipped = await count(sink, stream)
+        # The same event straight to the sink, past the shipper's check, between two others.
+        sent = [Pending(1, "narrow-a", good[0].doc.replace(b"len-00000", b"narrow-a"), b"{}"),
+                Pending(2, long_id, too_long.doc, raw),
+                Pending(3, "narrow-b", good[1].doc.replace(b"len-00001", b"narrow-b"), b"{}")]
+        [(batch, body)] = list(sink.chunks(sent, stream, 10, 10**7))
+        outcome = await sink.send(batch, body)
+        return shipped, outcome, await count(sink, stream)
+
+    shipped, outcome, after = cluster.run(scenario)
+    assert shipped == 6
+    [letter] = local.reader.dead_letters()
+    assert (letter["event_id"], letter["error_type"]) == (long_id, "id_too_long")
+    assert sorted(p.event_id for p in outcome.shipped) == ["narrow-a", "narrow-b"]
+    [refused] = outcome.dead
+    assert refused.item.event_id == long_id
+    assert refused.error_type == "action_request_validation_exception"
+    assert "must be no longer than 512 bytes but was: 600" in refused.reason
+    assert after == 8
+
+
 def test_reports_and_search_agree_with_the_store(cluster: Any, stream: str,
                                                  local: Local) -> None:
     """Same questions, both backends: exact from the store, t-digest from Elasticsearch."""
@@ -273,3 +311,84 @@ def test_reports_and_search_agree_with_the_store(cluster: Any, stream: str,
         r["requests"] for r in store_cost["rows"]]
     assert es["cost"]["total"]["total_tokens"] == store_cost["total"]["total_tokens"] == 3000
     assert es["search"] == ["rep-00007"]
+
+
+def test_a_copy_resent_after_a_rollover_is_counted_once(cluster: Any, stream: str,
+                                                        local: Local) -> None:
+    """`create` with `_id` conflicts only within the write index: an event re-sent after a
+    rollover becomes a second document. Search and every report still count it once."""
+    from ingest import reports
+
+    now_ms = int(time.time() * 1000)
+    window = reports.Query(now_ms - 3_600_000, now_ms + 60_000)
+    dup_id, other_id = f"dup-{secrets.token_hex(4)}", f"other-{secrets.token_hex(4)}"
+    events = [
+        {"id": dup_id, "model": "gpt-4o", "status_code": 502, "latency_ms": 120.0,
+         "timestamp": now_ms - 10, "error": {"message": "bad gateway from upstream"},
+         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+         "user_metadata": {"user_id": "user_dup"}},
+        {"id": other_id, "model": "gpt-4o", "status_code": 200, "latency_ms": 40.0,
+         "timestamp": now_ms - 20,
+         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+         "user_metadata": {"user_id": "user_dup"}},
+    ]
+    found_rows = []
+    for event in events:
+        raw = orjson.dumps(event)
+        found_rows.append(ENRICH.row(orjson.loads(raw), raw, now_ms))
+
+    def resend_dup(conn: sqlite3.Connection) -> None:
+        conn.execute(f"UPDATE events SET state = {PENDING} WHERE event_id = ?", (dup_id,))
+
+    async def scenario(sink: ElasticsearchSink) -> dict[str, Any]:
+        await setup(sink, stream)
+        assert all(await local.store.write(found_rows, (), 0))
+        shipper = local.shipper(sink, stream)
+        await shipper.drain(timeout=60)
+        await sink.client.indices.rollover(alias=stream)
+        await local.store.apply(resend_dup)
+        await shipper.drain(timeout=60)
+        await sink.client.indices.refresh(index=stream)
+        copies = await sink.client.search(index=stream, query={"term": {"id": dup_id}})
+        found: dict[str, Any] = {
+            "documents": await count(sink, stream), "stats": shipper.stats,
+            "copies": sorted(h["_index"] for h in copies["hits"]["hits"])}
+        for question in ("latency", "errors", "cost"):
+            found[question] = reports.from_es(question, window, await sink.search(
+                stream, reports.es_body(question, window)))
+        found["cost_by_user"] = reports.from_es("cost", window, await sink.search(
+            stream, reports.es_body("cost", window, "user")), "user")
+        for name, body in (("by_id", reports.search_body(dup_id, None, None, None, 10)),
+                           ("by_user", reports.search_body(None, "user_dup", None, None, 10)),
+                           ("by_text", reports.search_body(None, None, None, "bad gateway", 10))):
+            answer = await sink.search(stream, body)
+            found[name] = ([h["_source"]["id"] for h in answer["hits"]["hits"]],
+                           [d["id"] for d in reports.search_hits(answer)])
+        return found
+
+    es = cluster.run(scenario)
+    # What Elasticsearch does: the re-sent event is a second document, in the new write index.
+    assert es["documents"] == 3
+    assert es["stats"].indexed == 3 and es["stats"].conflicts == 0
+    assert len(es["copies"]) == 2 and es["copies"][0] != es["copies"][1]
+    # Search: one hit per event id (collapse), also before our own pass over the hits.
+    assert es["by_id"] == ([dup_id], [dup_id])
+    assert sorted(es["by_user"][0]) == sorted(es["by_user"][1]) == sorted([dup_id, other_id])
+    assert es["by_text"] == ([dup_id], [dup_id])
+    # Every count is of events, as the store counts them.
+    reader = local.reader
+    store_latency = reports.latency_result(window, reader.latencies(window), "exact")
+    assert es["latency"]["overall"]["count"] == store_latency["overall"]["count"] == 2
+    assert [m["count"] for m in es["latency"]["by_model"]] == [2]
+    assert es["latency"]["buckets"] == store_latency["buckets"] == {
+        "ultra-fast": 1, "fast": 0, "normal": 1, "slow": 0}
+    store_errors = reports.errors_result(window, reader.error_counts(window),
+                                         reader.top_errors(window, 3))
+    assert es["errors"]["total"] == store_errors["total"] == {
+        "requests": 2, "errors": 1, "error_rate": 0.5}
+    assert es["errors"]["by_model"][0]["top_errors"] == [
+        {"message": "bad gateway from upstream", "count": 1}]
+    assert [r["requests"] for r in es["cost"]["rows"]] == [2]
+    assert [(r["user"], r["requests"]) for r in es["cost_by_user"]["rows"]] == [("user_dup", 2)]
+    # Sums are over documents (README): the second copy's tokens are in them.
+    assert es["cost"]["total"]["total_tokens"] == 45

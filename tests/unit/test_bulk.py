@@ -98,6 +98,57 @@ def test_a_cluster_block_is_retried_and_reported_never_dead_lettered(
     assert outcome.blocked == error[2]
 
 
+@pytest.mark.parametrize(("status", "retried"), [(500, True), (502, True), (507, True),
+                                                 (429, True), (0, True), (501, False),
+                                                 (413, False)])
+def test_item_statuses_follow_the_one_retry_policy(status: int, retried: bool) -> None:
+    outcome = bulk.classify([item(1)], answer((status, "some_exception", "why")))
+    assert [p.seq for p in outcome.retry] == ([1] if retried else [])
+    assert [d.item.seq for d in outcome.dead] == ([] if retried else [1])
+
+
+def test_a_document_kept_in_the_failure_store_is_a_dead_letter_not_shipped() -> None:
+    used = {"create": {"_index": ".fs-logs-holysheep.requests-default-2026.01.01-000001",
+                       "status": 201, "failure_store": "used"}}
+    refused = {"create": {"status": 400, "failure_store": "not_enabled", "error": {
+        "type": "document_parsing_exception", "reason": "failed to parse field [latency_ms]"}}}
+    outcome = bulk.classify([item(1), item(2), item(3)], {"errors": False, "items": [
+        {"create": {"status": 201}}, used, refused]})
+    assert [p.seq for p in outcome.shipped] == [1]
+    assert [(d.item.seq, d.status, d.error_type) for d in outcome.dead] == [
+        (2, 201, "failure_store_used"), (3, 400, "document_parsing_exception")]
+    assert "failure store" in outcome.dead[0].reason
+    assert "::failures" in outcome.dead[0].reason
+
+
+def test_the_filter_path_keeps_what_classification_reads() -> None:
+    kept = set(bulk.FILTER_PATH.split(","))
+    assert {"items.*.status", "items.*.error.type", "items.*.error.reason",
+            "items.*.failure_store"} <= kept
+
+
+def test_ids_over_512_utf8_bytes_are_dead_letters_before_sending() -> None:
+    long_ids = ["é" * 257, "x" * 513, "😀" * 129]
+    fitting = ["é" * 256, "x" * 512, "😀" * 128, "short"]
+    items = [Pending(n, event_id, b'{"id":1}', b"{}")
+             for n, event_id in enumerate([fitting[0], long_ids[0], fitting[1], long_ids[1],
+                                           fitting[2], long_ids[2], fitting[3]])]
+    fit, dead = bulk.unsendable(items)
+    assert [p.event_id for p in fit] == fitting
+    assert [(d.item.event_id, d.status, d.error_type) for d in dead] == [
+        (i, 400, "id_too_long") for i in long_ids]
+    assert "514 bytes" in dead[0].reason and "512-byte" in dead[0].reason
+
+
+def test_outcomes_of_parts_merge_into_one() -> None:
+    a = bulk.Outcome(shipped=[item(1), item(2)], conflicts=1, retry=[item(3)])
+    b = bulk.Outcome(dead=[bulk.DeadLetter(item(4), 400, "x", "y")], blocked="read-only")
+    merged = bulk.merge([a, b, bulk.Outcome()])
+    assert [p.seq for p in merged.shipped] == [1, 2] and merged.conflicts == 1
+    assert [p.seq for p in merged.retry] == [3] and [d.item.seq for d in merged.dead] == [4]
+    assert merged.blocked == "read-only"
+
+
 def test_an_answer_that_does_not_pair_up_retries_everything() -> None:
     sent = [item(1), item(2)]
     outcome = bulk.classify(sent, {"errors": False, "items": [{"create": {"status": 201}}]})

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from ingest.errors import EventInvalid, MalformedPayload, PayloadTooLarge, UnsupportedMediaType
 from ingest.events import (
     MAX_COUNT,
+    MAX_ID_BYTES,
     Item,
     body_format,
     check_encoding,
@@ -375,3 +376,45 @@ def test_validate_integer_id_too_long_as_text_is_refused():
     with pytest.raises(EventInvalid) as info:
         validate({"id": 10**600})
     assert info.value.message.startswith("id: ")
+
+
+# The event id is the Elasticsearch `_id`: at most 512 bytes of UTF-8, whatever the characters.
+@pytest.mark.parametrize("event_id", [
+    "x" * 512, "é" * 256, "€" * 170 + "xx", "😀" * 128, "a" * 511 + "b",
+])
+def test_validate_accepts_ids_up_to_512_utf8_bytes(event_id):
+    assert len(event_id.encode()) <= MAX_ID_BYTES
+    assert validate({"id": event_id})["id"] == event_id
+
+
+@pytest.mark.parametrize("event_id", [
+    "é" * 257,            # 257 characters, 514 bytes
+    "€" * 171,            # 171 characters, 513 bytes
+    "😀" * 129,           # 129 characters, 516 bytes
+    "x" * 511 + "é",      # 512 characters, 513 bytes
+])
+def test_validate_refuses_ids_over_512_utf8_bytes_even_under_512_characters(event_id):
+    assert len(event_id) <= 512 < len(event_id.encode())
+    with pytest.raises(EventInvalid) as info:
+        validate({"id": event_id})
+    assert info.value.message.startswith("id: ")
+    assert f"{len(event_id.encode())}" in info.value.message
+
+
+@PROPS
+@given(event_id=st.text(min_size=1, max_size=600))
+def test_validate_accepts_an_id_exactly_when_elasticsearch_would(event_id):
+    fits = len(event_id.encode("utf-8", "surrogatepass")) <= MAX_ID_BYTES
+    try:
+        validate({"id": event_id})
+    except EventInvalid:
+        assert not fits
+    else:
+        assert fits
+
+
+@PROPS
+@given(event=json_objects, number=st.integers(min_value=-(10**511) + 1, max_value=10**512 - 1))
+def test_derived_and_integer_ids_always_fit(event, number):
+    assert len(derived_id(event).encode()) <= MAX_ID_BYTES
+    assert len(validate({"id": number})["id"].encode()) <= MAX_ID_BYTES

@@ -24,11 +24,11 @@ from elasticsearch import (
     UnsupportedProductError,
 )
 
+from ingest.bulk import FILTER_PATH as SINK_FILTER
 from ingest.faults import BulkItem, FaultBulkServer
 
 T = TypeVar("T")
 STREAM = "logs-holysheep.requests-default"
-SINK_FILTER = "errors,items.*.status,items.*.error.type,items.*.error.reason"
 WRITE_BLOCK = f"index [{STREAM}] blocked by: [FORBIDDEN/8/index write (api)];"
 FLOOD_BLOCK = (f"index [{STREAM}] blocked by: [TOO_MANY_REQUESTS/12/disk usage exceeded "
                "flood-stage watermark, index has read-only-allow-delete block];")
@@ -378,6 +378,89 @@ def test_mapping_conflict_like_elasticsearch(server: FaultBulkServer) -> None:
     assert re.search(r"field \[usage\.tokens\] of type \[long\] .* 'many'$",
                      answer["items"][4]["create"]["error"]["reason"])
     assert sorted(server.docs) == ["numeric-string", "ok"]
+
+
+def test_failure_store_keeps_parsing_failures_and_answers_201_used(
+        server: FaultBulkServer) -> None:
+    server.failure_store()
+    server.mapping_conflict("latency_ms", "float")
+    server.per_item_429({"busy"})
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with client(server) as es:
+            await bulk(es, ndjson(["dup"]))
+            full = await bulk(es, ndjson(["ok", "bad", "busy", "dup"]) +
+                              ndjson(["bad2"], latency_ms="fast"))
+            server.failure_store(False)
+            return full, await bulk(es, ndjson(["bad3"], latency_ms="fast"),
+                                    filter_path=SINK_FILTER)
+
+    full, off = run(scenario())
+    results = [item["create"] for item in full["items"]]
+    assert [r["status"] for r in results] == [201, 201, 429, 409, 201]
+    assert "failure_store" not in results[0] and results[0]["_index"] == STREAM
+    assert results[4]["failure_store"] == "used"
+    assert results[4]["_index"].startswith(f".fs-{STREAM}-")
+    assert results[4]["_id"] != "bad2"
+    assert "failure_store" not in results[2] and "failure_store" not in results[3]
+    assert [d["document"]["id"] for d in server.failure_docs] == ["bad2"]
+    assert server.failure_docs[0]["error"]["type"] == "document_parsing_exception"
+    assert "bad2" not in server.docs
+    assert off["items"][0]["create"]["status"] == 400
+
+
+def test_an_id_over_512_utf8_bytes_fails_the_whole_request_like_elasticsearch(
+        server: FaultBulkServer) -> None:
+    fits, over = "é" * 256, "x" * 511 + "é"  # 512 bytes; then 512 characters in 513 bytes
+
+    async def scenario() -> tuple[dict[str, Any], BadRequestError]:
+        async with client(server) as es:
+            accepted = await bulk(es, ndjson([fits]))
+            with pytest.raises(BadRequestError) as caught:
+                await bulk(es, ndjson(["a", over, "b"]))
+            return accepted, caught.value
+
+    accepted, refused = run(scenario())
+    assert statuses(accepted) == {fits: 201}
+    assert refused.meta.status == 400
+    error = refused.body["error"]
+    assert error["type"] == "action_request_validation_exception"
+    assert error["reason"] == (f"Validation Failed: 1: id [{over}] is too long, must be no "
+                               "longer than 512 bytes but was: 513;")
+    assert sorted(server.docs) == [fits]  # nothing of the refused request was applied
+
+
+def test_refuse_requests_with_fails_every_request_holding_the_id(
+        server: FaultBulkServer) -> None:
+    server.refuse_requests_with(["bad"])
+    server.refuse_requests_with(["odd"], error_type="illegal_argument_exception",
+                                reason="something about odd")
+
+    async def scenario() -> list[tuple[int, str, str]]:
+        found = []
+        async with client(server) as es:
+            for ids in (["a", "bad"], ["odd", "b"], ["c"]):
+                try:
+                    answer = await bulk(es, ndjson(ids))
+                except BadRequestError as exc:
+                    found.append((400, exc.body["error"]["type"], exc.body["error"]["reason"]))
+                else:
+                    found.append((200, "", ",".join(sorted(statuses(answer)))))
+        return found
+
+    assert run(scenario()) == [
+        (400, "action_request_validation_exception",
+         "Validation Failed: 1: item [bad] refused by fault injection;"),
+        (400, "illegal_argument_exception", "something about odd"),
+        (200, "", "c")]
+    assert sorted(server.docs) == ["c"]
+    server.reset()
+    assert run(_bulk_ids(server, ["bad"])) == {"bad": 201}
+
+
+async def _bulk_ids(server: FaultBulkServer, ids: list[str]) -> dict[str, int]:
+    async with client(server) as es:
+        return statuses(await bulk(es, ndjson(ids)))
 
 
 # -- delays, timeouts, outages, lost responses ------------------------------------------------

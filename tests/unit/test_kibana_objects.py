@@ -617,7 +617,7 @@ def test_a_timeout_is_unavailable() -> None:
                                  transport=_mock(handler)))
 
 
-@pytest.mark.parametrize("status", [429, 502, 503, 504])
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504, 599])
 def test_a_starting_or_overloaded_kibana_is_unavailable(status: int) -> None:
     answer = _answer(status, {"message": "Kibana server is not ready yet"})
     with pytest.raises(SinkUnavailable) as caught:
@@ -627,7 +627,7 @@ def test_a_starting_or_overloaded_kibana_is_unavailable(status: int) -> None:
     assert "not ready yet" in caught.value.message
 
 
-@pytest.mark.parametrize("status", [400, 404, 413, 500])
+@pytest.mark.parametrize("status", [400, 404, 413, 501])
 def test_other_statuses_are_refused(status: int) -> None:
     answer = _answer(status, {"message": f"status {status}"})
     with pytest.raises(SinkRefused) as caught:

@@ -216,3 +216,136 @@ def test_search_body_filters_and_orders() -> None:
     assert body["query"]["bool"]["must"] == [{"match_phrase": {"error.message": "rate limit"}}]
     assert reports.search_body(None, None, None, None, 20)["query"]["bool"] == {
         "filter": [], "must": []}
+
+
+# -- Elasticsearch: each event id counted once, even in two backing indices ----------------------
+
+QUESTIONS = [("latency", "day"), ("errors", "day"), ("cost", "day"), ("cost", "model"),
+             ("cost", "user")]
+NESTED = {"top", "split"}  # many small buckets: the default threshold, 16 KiB each
+
+
+def distinct_ids(threshold: int) -> dict[str, Any]:
+    return {"cardinality": {"field": "id", "precision_threshold": threshold}}
+
+
+def bucket_aggs(aggs: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Every bucket aggregation (terms, date_histogram, filter) in a body, with its name."""
+    found = []
+    for name, agg in aggs.items():
+        if {"terms", "date_histogram", "filter"} & set(agg):
+            found.append((name, agg))
+        found += bucket_aggs(agg.get("aggs", {}))
+    return found
+
+
+@pytest.mark.parametrize(("question", "by"), QUESTIONS)
+def test_every_count_in_the_elasticsearch_bodies_is_of_distinct_ids(question: str,
+                                                                    by: str) -> None:
+    body = reports.es_body(question, Query(DAY1, DAY1 + HOUR), by)
+    buckets = bucket_aggs(body["aggs"])
+    assert buckets
+    for name, agg in buckets:
+        assert agg["aggs"]["ids"] == distinct_ids(3000 if name in NESTED else 40000), name
+
+
+@pytest.mark.parametrize(("question", "by"), QUESTIONS)
+def test_the_bodies_are_the_query_files_with_the_window_and_filters(question: str,
+                                                                    by: str) -> None:
+    from ingest.sink import asset_dir
+
+    shipped = orjson.loads((asset_dir() / "queries" / f"{question}.json").read_bytes())
+    q = Query(DAY1, DAY1 + HOUR, model="m-a", user="u1")
+    body = reports.es_body(question, q, by)
+    filters = body["query"]["bool"]["filter"]
+    assert filters[0] == {"range": {"@timestamp": {"gte": DAY1, "lt": DAY1 + HOUR,
+                                                   "format": "epoch_millis"}}}
+    # The file's own filters (other than its example window) are kept.
+    kept = [f for f in shipped["query"]["bool"]["filter"] if "@timestamp" not in
+            f.get("range", {})]
+    assert filters[1:] == [*kept, {"term": {"model": "m-a"}},
+                           {"term": {"user_metadata.user_id": "u1"}}]
+    if by == "day":
+        assert body["aggs"] == shipped["aggs"]
+    else:
+        split = body["aggs"]["days"]["aggs"]["split"]
+        assert split["aggs"] == {**shipped["aggs"]["days"]["aggs"], "ids": distinct_ids(3000)}
+
+
+def test_the_latency_body_counts_only_events_with_a_latency() -> None:
+    body = reports.es_body("latency", ALL)
+    assert {"exists": {"field": "latency_ms"}} in body["query"]["bool"]["filter"]
+
+
+# One event (`dup`, model m-a, 120 ms, an error) indexed twice, in two backing indices, beside
+# one other event of m-a (40 ms): Elasticsearch counts 3 documents but 2 distinct ids.
+TWO_COPIES = {
+    "latency": {"aggregations": {
+        "overall": {"values": {"50.0": 120.0, "90.0": 120.0, "95.0": 120.0, "99.0": 120.0}},
+        "by_model": {"buckets": [{"key": "m-a", "doc_count": 3, "ids": {"value": 2},
+                                  "latency": {"values": {"50.0": 120.0, "90.0": 120.0,
+                                                         "95.0": 120.0, "99.0": 120.0}}}]},
+        "buckets": {"buckets": [{"key": "normal", "doc_count": 2, "ids": {"value": 1}},
+                                {"key": "ultra-fast", "doc_count": 1, "ids": {"value": 1}}]}}},
+    "errors": {"aggregations": {"by_model": {"buckets": [{
+        "key": "m-a", "doc_count": 3, "ids": {"value": 2},
+        "errors": {"doc_count": 2, "ids": {"value": 1}, "top": {"buckets": [
+            {"key": "upstream down", "doc_count": 2, "ids": {"value": 1}}]}}}]}}},
+    "cost": {"aggregations": {"days": {"buckets": [{
+        "key": DAY1, "key_as_string": "2026-09-21T00:00:00.000Z", "doc_count": 3,
+        "ids": {"value": 2}, "cost_usd": {"value": 0.03}, "computed_cost_usd": {"value": 0.0},
+        "prompt_tokens": {"value": 30.0}, "completion_tokens": {"value": 15.0},
+        "total_tokens": {"value": 45.0}}]}}},
+}
+
+
+def test_two_copies_of_one_id_count_once_in_every_report() -> None:
+    latency = reports.from_es("latency", ALL, TWO_COPIES["latency"])
+    assert latency["overall"]["count"] == 2
+    assert latency["by_model"][0]["count"] == 2
+    assert latency["buckets"] == {"ultra-fast": 1, "fast": 0, "normal": 1, "slow": 0}
+    errors = reports.from_es("errors", ALL, TWO_COPIES["errors"])
+    assert errors["by_model"][0] == {"model": "m-a", "requests": 2, "errors": 1,
+                                     "error_rate": 0.5, "top_errors": [
+                                         {"message": "upstream down", "count": 1}]}
+    assert errors["total"] == {"requests": 2, "errors": 1, "error_rate": 0.5}
+    cost = reports.from_es("cost", ALL, TWO_COPIES["cost"])
+    assert cost["rows"][0]["requests"] == 2
+    # Sums are over documents: the second copy's cost and tokens are in them (README).
+    assert cost["rows"][0]["total_tokens"] == 45
+
+
+def requests_per_day(documents: int, distinct: int, by: str = "day") -> int:
+    day = {"key": DAY1, "doc_count": documents, "ids": {"value": distinct},
+           **{k: {"value": 0.0} for k in reports.COST_KEYS if k != "requests"}}
+    if by != "day":
+        day = {"key": DAY1, "doc_count": documents, "split": {"buckets": [{**day, "key": "m"}]}}
+    rows = reports.from_es("cost", ALL, {"aggregations": {"days": {"buckets": [day]}}}, by)
+    return int(rows["rows"][0]["requests"])
+
+
+@pytest.mark.parametrize(("documents", "distinct", "by", "expected"), [
+    (40_000, 39_990, "day", 39_990),   # up to the threshold distinct ids are exact
+    (3_000, 2_999, "model", 2_999),
+    (50_000, 50_131, "day", 50_000),   # an estimate above the documents: never more
+    (50_000, 49_700, "day", 50_000),   # within the estimate's error: the documents
+    (50_000, 40_100, "day", 40_100),   # far below: many copies, the estimate
+    (5_000, 4_990, "model", 5_000),    # above the nested threshold of 3,000
+    (5_000, 4_000, "model", 4_000),
+])
+def test_counts_above_the_precision_threshold(documents: int, distinct: int, by: str,
+                                              expected: int) -> None:
+    assert requests_per_day(documents, distinct, by) == expected
+
+
+def test_search_collapses_on_the_event_id_and_keeps_each_id_once() -> None:
+    body = reports.search_body(None, "u1", None, None, 10)
+    assert body["collapse"] == {"field": "id"}
+    assert body["sort"] == [{"@timestamp": "desc"}]
+    copy_a = {"_index": ".ds-logs-holysheep.requests-default-2026.09.21-000001", "_id": "dup",
+              "_source": {"id": "dup", "model": "m-a"}}
+    copy_b = {**copy_a, "_index": ".ds-logs-holysheep.requests-default-2026.09.22-000002"}
+    other = {"_index": copy_a["_index"], "_id": "e2", "_source": {"id": "e2"}}
+    response = {"hits": {"total": {"value": 3}, "hits": [copy_b, other, copy_a]}}
+    assert reports.search_hits(response) == [{"id": "dup", "model": "m-a"}, {"id": "e2"}]
+    assert reports.search_hits({}) == []

@@ -221,7 +221,7 @@ def test_per_item_429_retries_only_the_rejected_items(rig: Rig) -> None:
         (i for i in expected if i not in throttled), 1)
 
 
-@pytest.mark.parametrize("status", [503, 429, 502, 504])
+@pytest.mark.parametrize("status", [503, 429, 500, 502, 504])
 def test_whole_request_failures_are_retried_until_they_pass(rig: Rig, status: int) -> None:
     expected = ids(20)
     rig.server.whole_status(status, times=3)
@@ -319,6 +319,74 @@ def test_rejected_items_become_dead_letters_and_do_not_block_the_rest(rig: Rig) 
     assert rig.server.items_seen == 25
     shown = rig.reader.dead_letter(letters[0]["seq"])
     assert shown is not None and shown["doc"]["id"] == letters[0]["event_id"]
+
+
+def test_an_older_stores_id_over_512_bytes_is_a_dead_letter_and_never_stalls_the_rest(
+        rig: Rig) -> None:
+    """Older releases counted characters: such an event is dead-lettered before it is sent,
+    instead of failing (and stalling) every bulk request it would travel in."""
+    long_id = "€" * 200  # 200 characters, 600 bytes
+    expected = ids(30)
+
+    async def scenario() -> Shipper:
+        await rig.add([*expected[:10], long_id, *expected[10:]])
+        async with shipping(rig, batch_docs=8) as shipper:
+            await shipper.drain(timeout=10)
+            return shipper
+
+    shipper = run(scenario())
+    assert rig.server.wait_idle(5.0)
+    assert sorted(rig.server.snapshot()) == sorted(expected)
+    assert rig.counts() == {"pending": 0, "shipped": 30, "dead": 1, "quarantined": 0}
+    [letter] = rig.reader.dead_letters()
+    assert (letter["event_id"], letter["status"], letter["error_type"]) == (
+        long_id, 400, "id_too_long")
+    assert "600 bytes" in letter["reason"]
+    assert shipper.paused is None and shipper.stats.bulk_failures == 0
+    assert rig.server.items_seen == 30  # never sent
+
+
+def test_a_whole_request_400_for_one_event_is_narrowed_down_not_a_pause(rig: Rig) -> None:
+    expected = ids(40)
+    bad = expected[13]
+    rig.server.refuse_requests_with([bad])
+
+    async def scenario() -> Shipper:
+        await rig.add(expected)
+        async with shipping(rig, batch_docs=20) as shipper:
+            await shipper.drain(timeout=10)
+            return shipper
+
+    shipper = run(scenario())
+    assert rig.server.wait_idle(5.0)
+    assert sorted(rig.server.snapshot()) == sorted(set(expected) - {bad})
+    assert rig.counts() == {"pending": 0, "shipped": 39, "dead": 1, "quarantined": 0}
+    [letter] = rig.reader.dead_letters()
+    assert (letter["event_id"], letter["status"], letter["error_type"]) == (
+        bad, 400, "action_request_validation_exception")
+    assert shipper.paused is None
+    assert shipper.stats.dead_lettered == 1 and shipper.stats.indexed == 39
+
+
+def test_a_whole_request_400_for_everything_pauses_and_dead_letters_nothing(rig: Rig) -> None:
+    expected = ids(12)
+    rig.server.whole_status(400, times=None, error_type="illegal_argument_exception",
+                            reason="request [/_bulk] contains unrecognized parameter")
+
+    async def scenario() -> Shipper:
+        await rig.add(expected)
+        async with shipping(rig, batch_docs=6) as shipper:
+            task = asyncio.create_task(shipper.drain(timeout=10))
+            await until(lambda: shipper.paused is not None, "shipping to pause")
+            assert "unrecognized parameter" in (shipper.paused or "")
+            assert rig.reader.dead_letters() == []
+            rig.server.whole_status(400, times=0)
+            await task
+            return shipper
+
+    shipper = run(scenario())
+    assert_all_shipped(rig, expected)
+    assert shipper.paused is None
 
 
 @pytest.mark.parametrize("kind", ["write", "read_only", "flood_stage"])

@@ -177,6 +177,33 @@ def test_bulk_per_item_errors_come_back_in_the_body(server: FaultBulkServer) -> 
     assert [p.event_id for p in outcome.retry] == ["busy"]
 
 
+def test_a_refusal_kept_in_the_failure_store_comes_back_as_a_dead_letter(
+        server: FaultBulkServer) -> None:
+    """With the failure store on, Elasticsearch answers a refused document 201: only the
+    `failure_store` field (which the filter path must keep) tells it was not indexed."""
+    server.failure_store()
+    server.mapping_conflict("latency_ms")
+    sent = [Pending(1, "ok", orjson.dumps({"id": "ok", "latency_ms": 1.5}), b"{}"),
+            Pending(2, "bad", orjson.dumps({"id": "bad", "latency_ms": "fast"}), b"{}")]
+    body = b"".join(bulk.action(item, STREAM) for item in sent)
+
+    async def scenario() -> tuple[dict[str, Any], bulk.Outcome]:
+        sink = ElasticsearchSink(Connection(server.url))
+        try:
+            return await sink.bulk(body), await sink.send(sent, body)
+        finally:
+            await sink.close()
+
+    answer, outcome = run(scenario())
+    assert [next(iter(i.values())) for i in answer["items"]] == [
+        {"status": 201}, {"status": 201, "failure_store": "used"}]
+    assert [p.event_id for p in outcome.shipped] == ["ok"]
+    assert [(d.item.event_id, d.error_type) for d in outcome.dead] == [
+        ("bad", "failure_store_used")]
+    assert [doc["document"]["id"] for doc in server.failure_docs] == ["bad", "bad"]
+    assert "bad" not in server.snapshot()
+
+
 def test_send_classifies_the_answer_item_by_item(server: FaultBulkServer) -> None:
     server.reject_ids({"bad"})
     server.per_item_429({"busy"})
@@ -200,7 +227,79 @@ def test_send_classifies_the_answer_item_by_item(server: FaultBulkServer) -> Non
     assert outcome.blocked is None
 
 
-@pytest.mark.parametrize("status", [429, 502, 503, 504])
+# -- a whole-request 400 ----------------------------------------------------------------------
+
+
+def send_all(server: FaultBulkServer, sent: list[Pending]) -> bulk.Outcome:
+    async def scenario() -> bulk.Outcome:
+        sink = ElasticsearchSink(Connection(server.url))
+        try:
+            [(batch, body)] = list(sink.chunks(sent, STREAM, 100, 10**7))
+            return await sink.send(batch, body)
+        finally:
+            await sink.close()
+
+    return run(scenario())
+
+
+def test_an_id_over_512_bytes_is_narrowed_down_and_the_rest_ships(
+        server: FaultBulkServer) -> None:
+    """Elasticsearch refuses the whole request for one over-long `_id` (as an older store's
+    event may have): the batch is halved until that event stands alone as a dead letter."""
+    long_id = "é" * 300
+    sent = items(*(f"e{i}" for i in range(5)), long_id, *(f"e{i}" for i in range(5, 10)))
+    outcome = send_all(server, sent)
+    assert sorted(p.event_id for p in outcome.shipped) == [f"e{i}" for i in range(10)]
+    [letter] = outcome.dead
+    assert (letter.item.event_id, letter.status, letter.error_type) == (
+        long_id, 400, "action_request_validation_exception")
+    assert "is too long, must be no longer than 512 bytes but was: 600" in letter.reason
+    assert sorted(server.snapshot()) == sorted(f"e{i}" for i in range(10))
+    sizes = [n for _m, path, n in server.requests_log if path.endswith("/_bulk")]
+    assert sizes[0] == 11 and len(sizes) <= 2 * 4 + 1  # 11 -> 5 + 6 -> ... -> the one alone
+
+
+def test_two_refused_events_in_both_halves_are_both_narrowed_down(
+        server: FaultBulkServer) -> None:
+    server.refuse_requests_with(["b", "g"])
+    outcome = send_all(server, items(*"abcdefgh"))
+    assert sorted(p.event_id for p in outcome.shipped) == list("acdefh")
+    assert sorted(d.item.event_id for d in outcome.dead) == ["b", "g"]
+
+
+def test_an_event_refused_with_another_400_is_dead_once_its_half_is_accepted(
+        server: FaultBulkServer) -> None:
+    server.refuse_requests_with(["c"], error_type="illegal_argument_exception",
+                                reason="something about c")
+    outcome = send_all(server, items(*"abcdef"))
+    assert sorted(p.event_id for p in outcome.shipped) == list("abdef")
+    [letter] = outcome.dead
+    assert (letter.item.event_id, letter.error_type) == ("c", "illegal_argument_exception")
+    assert "something about c" in letter.reason
+
+
+@pytest.mark.parametrize("count", [1, 6])
+def test_a_400_for_every_part_is_the_requests_fault_and_dead_letters_nothing(
+        server: FaultBulkServer, count: int) -> None:
+    server.whole_status(400, times=None, error_type="illegal_argument_exception",
+                        reason="request [/_bulk] contains unrecognized parameter")
+
+    async def scenario() -> SinkError:
+        sink = ElasticsearchSink(Connection(server.url))
+        try:
+            [(batch, body)] = list(sink.chunks(items(*"abcdef"[:count]), STREAM, 100, 10**7))
+            with pytest.raises(SinkRefused) as caught:
+                await sink.send(batch, body)
+            return caught.value
+        finally:
+            await sink.close()
+
+    error = run(scenario())
+    assert error.status == 400 and "unrecognized parameter" in error.message
+    assert server.bulk_requests == (1 if count == 1 else 3)  # the batch, then its two halves
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503, 504, 507])
 def test_bulk_whole_retryable_statuses_are_unavailable(server: FaultBulkServer,
                                                        status: int) -> None:
     server.whole_status(status)
@@ -223,13 +322,31 @@ def test_bulk_not_authorised_is_refused_and_names_the_setting(server: FaultBulkS
     assert "security_exception" in error.message
 
 
-@pytest.mark.parametrize("status", [404, 400, 413])
+@pytest.mark.parametrize("status", [404, 400, 413, 501])
 def test_bulk_other_whole_statuses_are_refused(server: FaultBulkServer, status: int) -> None:
     server.whole_status(status, error_type="index_not_found_exception", reason="no such index")
     error = fail(Connection(server.url), "bulk", body_of("a"))
     assert type(error) is SinkRefused
     assert error.status == status
+    assert error.error_type == "index_not_found_exception"
     assert "index_not_found_exception: no such index" in error.message
+
+
+@pytest.mark.parametrize(("status", "kind"), [(500, SinkUnavailable), (501, SinkRefused),
+                                              (404, SinkRefused), (401, SinkRefused)])
+def test_check_version_answers_follow_the_same_policy(server: FaultBulkServer, status: int,
+                                                      kind: type[SinkError]) -> None:
+    original = server._handle
+
+    def failing(method: str, target: str, headers: Any, body: bytes) -> Any:
+        if target.split("?")[0] == "/":
+            return status, b'{"error": {"type": "x", "reason": "y"}, "status": %d}' % status
+        return original(method, target, headers, body)
+
+    server._handle = failing  # type: ignore[method-assign]
+    error = fail(Connection(server.url), "version")
+    assert type(error) is kind
+    assert error.status == status
 
 
 def test_bulk_timeout_is_unavailable(server: FaultBulkServer) -> None:

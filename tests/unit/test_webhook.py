@@ -165,6 +165,26 @@ def test_batch_with_invalid_members_accepts_the_rest(hook):
     assert hook.counts() == {"pending": 2, "shipped": 0, "dead": 0, "quarantined": 2}
 
 
+def test_an_id_over_512_utf8_bytes_is_quarantined_with_its_raw_bytes(hook):
+    # 300 characters, 600 bytes: Elasticsearch would refuse the whole bulk request for it.
+    long_id = "é" * 300
+    assert len(long_id) < 512 < len(long_id.encode())
+    body = orjson.dumps([event("fits-" + "é" * 250), event(long_id)])
+    response = hook.post_sync(body, signed(body))
+    assert response.status_code == 202
+    answer = response.json()
+    assert (answer["accepted"], answer["quarantined"]) == (1, 1)
+    [error] = answer["errors"]
+    assert error["index"] == 1 and error["reason"].startswith("id: ")
+    reader = hook.reader()
+    try:
+        [kept] = reader.quarantined()
+    finally:
+        reader.close()
+    assert orjson.loads(kept["raw"])["id"] == long_id
+    assert hook.counts() == {"pending": 1, "shipped": 0, "dead": 0, "quarantined": 1}
+
+
 def test_ndjson_batch(hook):
     body = b"\n".join(orjson.dumps(event(f"n{i}")) for i in range(4)) + b"\n"
     response = hook.post_sync(body, signed(body, content_type="application/x-ndjson"))
