@@ -67,7 +67,13 @@ def source(doc: bytes, raw: bytes) -> bytes:
         data["event"] = {**event, **extra}
     else:
         data["event"] = extra if event is None else {"value": event, **extra}
-    return orjson.dumps(data)
+    try:
+        return orjson.dumps(data)
+    except orjson.JSONEncodeError:
+        # A stored document at the receiver's nesting limit has no level left for
+        # `event.value`: the sender's `event` then goes as its JSON text.
+        data["event"] = {"value": orjson.dumps(event).decode(), **extra}
+        return orjson.dumps(data)
 
 
 def action(item: Pending, index: str) -> bytes:

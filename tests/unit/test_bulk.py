@@ -163,3 +163,15 @@ def test_backoff_is_full_jitter_under_the_cap() -> None:
     assert max(bulk.backoff(0, 0.5, 8.0, rng) for _ in range(200)) <= 0.5
     assert max(delays) > 4.0  # grows towards the cap
     assert bulk.backoff(10_000, 0.5, 8.0, rng) <= 8.0
+
+
+def test_a_document_at_the_nesting_limit_still_gets_event_original():
+    from ingest.events import encode
+
+    nested: object = 1
+    for _ in range(253):  # with the event object: the 254 levels the receiver allows
+        nested = [nested]
+    doc = encode({"id": "deep", "event": nested})
+    sent = orjson.loads(bulk.source(doc, b'{"id":"deep"}'))
+    assert sent["event"]["original"] == '{"id":"deep"}'
+    assert orjson.loads(sent["event"]["value"]) == nested
