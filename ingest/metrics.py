@@ -265,9 +265,10 @@ class RelayQuota(Collector):
             yield GaugeMetricFamily("holysheep_relay_quota_remaining", "Quota left on the "
                                     "relay account, from its usage endpoint (the last good "
                                     "answer)", value=self.remaining)
-            yield GaugeMetricFamily("holysheep_relay_quota_total", "Total quota of the relay "
-                                    "account, from its usage endpoint (the last good answer)",
-                                    value=self.total)
+            # Not `_quota_total`: `_total` is for counters (promtool check metrics refuses it).
+            yield GaugeMetricFamily("holysheep_relay_quota_limit", "Total quota of the relay "
+                                    "account (the answer's total), from its usage endpoint "
+                                    "(the last good answer)", value=self.total)
             yield GaugeMetricFamily("holysheep_relay_usage_last_success_timestamp_seconds",
                                     "Unix time of the last good answer of the relay's usage "
                                     "endpoint", value=self.last_success)

@@ -139,6 +139,6 @@ def test_relay_quota_appears_with_the_first_good_answer_and_keeps_its_label_set(
     quota.succeeded(10.0, 200.0, 1_800_000_000.0)
     quota.failed("unauthorized")  # the last good values stay
     assert sample(r, "holysheep_relay_quota_remaining") == 10
-    assert sample(r, "holysheep_relay_quota_total") == 200
+    assert sample(r, "holysheep_relay_quota_limit") == 200
     assert sample(r, "holysheep_relay_usage_last_success_timestamp_seconds") == 1_800_000_000
     assert "# TYPE holysheep_relay_quota_remaining gauge" in metrics.render().decode()

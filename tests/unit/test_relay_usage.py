@@ -147,7 +147,7 @@ def values(metrics: Metrics) -> dict[str, float | None]:
     r = metrics.registry
     found: dict[str, float | None] = {
         name: r.get_sample_value(name) for name in (
-            "holysheep_relay_quota_remaining", "holysheep_relay_quota_total",
+            "holysheep_relay_quota_remaining", "holysheep_relay_quota_limit",
             "holysheep_relay_usage_last_success_timestamp_seconds")}
     for reason in REASONS:
         found[reason] = r.get_sample_value("holysheep_relay_usage_poll_failures_total",
@@ -178,7 +178,7 @@ def test_a_good_poll_sends_the_key_as_bearer_and_sets_the_gauges() -> None:
     assert seen[0].headers["accept"] == "application/json"
     got = values(metrics)
     assert got["holysheep_relay_quota_remaining"] == 250
-    assert got["holysheep_relay_quota_total"] == 10000
+    assert got["holysheep_relay_quota_limit"] == 10000
     assert got["holysheep_relay_usage_last_success_timestamp_seconds"] == 1_800_000_123.5
     assert all(got[reason] == 0 for reason in REASONS)
 
@@ -252,7 +252,7 @@ def test_a_failed_poll_is_counted_by_reason_and_keeps_the_last_good_values(
     assert len(requests) == 2  # a redirect is not followed
     got = values(metrics)
     assert got["holysheep_relay_quota_remaining"] == 900
-    assert got["holysheep_relay_quota_total"] == 1000
+    assert got["holysheep_relay_quota_limit"] == 1000
     assert got["holysheep_relay_usage_last_success_timestamp_seconds"] == 1_800_000_000
     assert {r: got[r] for r in REASONS} == {r: (1 if r == reason else 0) for r in REASONS}
     assert KEY not in second.detail
@@ -422,7 +422,7 @@ def test_the_app_polls_when_configured(tmp_path: Path) -> None:
 
     text = _app_metrics(tmp_path, handler, lambda t: "holysheep_relay_quota_remaining 42" in t)
     assert "holysheep_relay_quota_remaining 42.0" in text
-    assert "holysheep_relay_quota_total 1000.0" in text
+    assert "holysheep_relay_quota_limit 1000.0" in text
     assert 'holysheep_relay_usage_poll_failures_total{reason="timeout"} 0.0' in text
     assert KEY not in text
 
