@@ -204,12 +204,13 @@ class UsagePoller:
         if isinstance(outcome, Usage):
             self.sink.succeeded(outcome.remaining, outcome.total, self.clock())
             self.state, self.known = "ok", True
+            # 15 significant digits: 12345678 stays 12345678, 12.5 stays 12.5.
+            left, total = f"{outcome.remaining:.15g}", f"{outcome.total:.15g}"
             if before is None:
-                log.info("relay quota from %s: %s of %s remaining", self.shown,
-                         f"{outcome.remaining:g}", f"{outcome.total:g}")
+                log.info("relay quota from %s: %s of %s remaining", self.shown, left, total)
             elif before != "ok":
                 log.warning("relay usage poll of %s works again: %s of %s remaining",
-                            self.shown, f"{outcome.remaining:g}", f"{outcome.total:g}")
+                            self.shown, left, total)
             return
         self.sink.failed(outcome.reason)
         self.state = outcome.reason

@@ -261,7 +261,8 @@ def test_a_failed_poll_is_counted_by_reason_and_keeps_the_last_good_values(
 def test_state_changes_are_logged_once_each_and_never_the_key(
         caplog: pytest.LogCaptureFixture) -> None:
     script = [answer(), httpx.Response(401), httpx.Response(401), httpx.Response(401),
-              httpx.ReadTimeout("slow"), httpx.ReadTimeout("slow"), answer(2000), answer(1900),
+              httpx.ReadTimeout("slow"), httpx.ReadTimeout("slow"), answer("2000.25", 123456789),
+              answer(1900),
               httpx.Response(200, content=b"oops")]
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -286,8 +287,8 @@ def test_state_changes_are_logged_once_each_and_never_the_key(
                     "HTTP 401: check INGEST_RELAY_API_KEY; keeping the last good values"),
         ("WARNING", "relay usage poll of https://relay.example/v1/usage failed (timeout): "
                     "no answer within 5 s; keeping the last good values"),
-        ("WARNING", "relay usage poll of https://relay.example/v1/usage works again: 2000 of "
-                    "10000 remaining"),
+        ("WARNING", "relay usage poll of https://relay.example/v1/usage works again: 2000.25 of "
+                    "123456789 remaining"),
         ("WARNING", "relay usage poll of https://relay.example/v1/usage failed "
                     "(malformed_json): the answer is not JSON; keeping the last good values"),
     ]
