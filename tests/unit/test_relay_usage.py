@@ -188,6 +188,19 @@ async def _never(request: httpx.Request) -> httpx.Response:
     raise AssertionError("unreachable")
 
 
+class _Dribble(httpx.AsyncByteStream):
+    """An answer whose every byte comes quickly, but the whole of it too late."""
+
+    async def __aiter__(self):  # type: ignore[no-untyped-def]
+        for _ in range(1000):
+            await asyncio.sleep(0.01)
+            yield b" "
+
+
+def _dribbling(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, stream=_Dribble())
+
+
 def _raise(exc: Exception) -> Callable[[httpx.Request], httpx.Response]:
     def handler(request: httpx.Request) -> httpx.Response:
         raise exc
@@ -207,6 +220,7 @@ FAILURES = [
     ("timeout", _raise(httpx.ReadTimeout("read timed out"))),
     ("timeout", _raise(httpx.ConnectTimeout("connect timed out"))),
     ("timeout", _never),
+    ("timeout", _dribbling),
     ("connection", _raise(httpx.ConnectError("[Errno 111] Connection refused"))),
     ("connection", _raise(httpx.RemoteProtocolError("peer closed connection"))),
     ("malformed_json", _respond(content=b"<html>maintenance</html>")),
@@ -246,7 +260,7 @@ def test_a_failed_poll_is_counted_by_reason_and_keeps_the_last_good_values(
         await polls.stop()
         return first, second
 
-    first, second = asyncio.run(both())
+    first, second = asyncio.run(asyncio.wait_for(both(), 10))  # a hang fails, not stalls
     assert first == Usage(900, 1000)
     assert isinstance(second, Failure) and second.reason == reason, second
     assert len(requests) == 2  # a redirect is not followed
