@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
@@ -24,6 +25,11 @@ from ingest.settings import Settings
 from ingest.shipper import Shipper, Sink
 from ingest.store import Reader, Store
 from ingest.webhook import WebhookEndpoint, http_status
+
+if TYPE_CHECKING:
+    import httpx
+
+    from ingest.relay_usage import UsagePoller
 
 WEBHOOK_PATH = "/webhooks/holysheep"
 log = logging.getLogger("ingest")
@@ -173,8 +179,11 @@ def create_app(
     metrics: Metrics | None = None,
     prices: PriceBook | None = None,
     clock: Callable[[], float] = time.time,
+    relay_transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
-    """The receiver; the store opens on startup and drains on shutdown."""
+    """The receiver; the store opens on startup and drains on shutdown.
+
+    `relay_transport` replaces the network for the relay's usage endpoint (tests)."""
     secrets = settings.secrets()
     metrics = metrics or Metrics()
     prices = prices or PriceBook.from_file(settings.price_file)
@@ -206,9 +215,17 @@ def create_app(
             if settings.sink_kind() else None
         gauges.start(settings.data_dir, shipping is not None)
         app.state.shipper = shipping[0] if shipping else None
+        usage: UsagePoller | None = None
+        if quota is not None:
+            from ingest import relay_usage
+
+            usage = relay_usage.from_settings(settings, quota, relay_transport, clock)
+            usage.start()
         try:
             yield
         finally:
+            if usage:
+                await usage.stop()
             if shipping:
                 await stop_shipping(*shipping)
             await gauges.stop()
@@ -217,6 +234,12 @@ def create_app(
 
     gauges = StoreGauges(clock)
     metrics.watch_store(gauges.read)
+    quota = None
+    if settings.relay_usage_url:  # without a usage endpoint there is no quota to show
+        # Imported only then: the HTTP client costs ~6 MB of a receiver that does not poll.
+        from ingest.relay_usage import REASONS
+
+        quota = metrics.watch_relay_quota(REASONS)
     app = ReceiverApp(title="holysheep-ingest", lifespan=lifespan, docs_url=None,
                       redoc_url=None)
     app.webhook = webhook

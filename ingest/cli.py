@@ -46,6 +46,13 @@ settings (environment):
   INGEST_MAX_CONNECTIONS        open connections; more get 503 at once (default 0: from
                                 the descriptor limit, at most 10,000)
   INGEST_TLS_CERT, INGEST_TLS_KEY  serve HTTPS with this certificate and key (PEM)
+  INGEST_RELAY_USAGE_URL        the relay's usage endpoint: poll it for the quota (off)
+  INGEST_RELAY_API_KEY          relay API key for it, sent as a Bearer token, never logged
+  INGEST_RELAY_USAGE_INTERVAL   how often to poll (default 60s)
+  INGEST_RELAY_USAGE_TIMEOUT    limit for one poll, at most the interval (default 10s)
+  INGEST_RELAY_USAGE_REMAINING_FIELD, INGEST_RELAY_USAGE_TOTAL_FIELD
+                                JSON fields of the answer, dotted for nested ones
+                                (default remaining, total; e.g. data.remaining)
 
 endpoints: POST /webhooks/holysheep, GET /healthz, GET /readyz, GET /metrics"""
 

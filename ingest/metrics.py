@@ -90,6 +90,12 @@ class Metrics:
         """Expose `ingest_store_events{state}` and the shipping lag, read at scrape time."""
         self.registry.register(_StoreGauges(read))
 
+    def watch_relay_quota(self, reasons: Sequence[str]) -> RelayQuota:
+        """Expose the relay's quota (once polled) and poll failures by `reasons`, from now on."""
+        quota = RelayQuota(reasons)
+        self.registry.register(quota)
+        return quota
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -230,3 +236,46 @@ class _StoreGauges(Collector):
         if "lag_seconds" in values:
             yield GaugeMetricFamily("ingest_shipping_lag_seconds", "Age of the oldest event not "
                                     "shipped yet; 0 when none", value=values["lag_seconds"])
+
+
+class RelayQuota(Collector):
+    """The relay's quota from its usage endpoint, and the polls that failed, by reason.
+
+    The gauges appear with the first good answer (a 0 before it would read as an exhausted
+    quota) and keep the last good values through failures: the alert on a low quota must not
+    resolve because the endpoint is down. The last success's time shows how old they are.
+    """
+
+    def __init__(self, reasons: Sequence[str]) -> None:
+        self.remaining: float | None = None
+        self.total: float | None = None
+        self.last_success: float | None = None
+        # Every reason at 0 from the start, so increase() sees the very first failure.
+        self.failures = dict.fromkeys(reasons, 0)
+
+    def succeeded(self, remaining: float, total: float, at: float) -> None:
+        self.remaining, self.total, self.last_success = remaining, total, at
+
+    def failed(self, reason: str) -> None:
+        if reason in self.failures:  # the label set stays the one given
+            self.failures[reason] += 1
+
+    def collect(self) -> Iterator[Metric]:
+        if self.last_success is not None:
+            yield GaugeMetricFamily("holysheep_relay_quota_remaining", "Quota left on the "
+                                    "relay account, from its usage endpoint (the last good "
+                                    "answer)", value=self.remaining)
+            # Not `_quota_total`: `_total` is for counters (promtool check metrics refuses it).
+            yield GaugeMetricFamily("holysheep_relay_quota_limit", "Total quota of the relay "
+                                    "account (the answer's total), from its usage endpoint "
+                                    "(the last good answer)", value=self.total)
+            yield GaugeMetricFamily("holysheep_relay_usage_last_success_timestamp_seconds",
+                                    "Unix time of the last good answer of the relay's usage "
+                                    "endpoint", value=self.last_success)
+        failures = CounterMetricFamily(
+            "holysheep_relay_usage_poll_failures", "Polls of the relay's usage endpoint that "
+            "failed, by reason (the quota gauges keep their last good values)",
+            labels=["reason"])
+        for reason, count in self.failures.items():
+            failures.add_metric([reason], count)
+        yield failures

@@ -6,6 +6,7 @@ import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BeforeValidator,
@@ -21,6 +22,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from ingest.errors import ConfigError
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_TOKEN = re.compile(r"[\x21-\x7e]+")
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*", re.IGNORECASE)
 
 
@@ -38,6 +40,8 @@ def parse_duration(value: Any) -> Any:
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+# A JSON field, or a dotted path into nested objects (`data.remaining`; a number picks a list item).
+_FIELD_PATH = re.compile(r"[^.\s]+(\.[^.\s]+)*")
 NO_SECRET = (
     "no webhook secret is set. Set INGEST_WEBHOOK_SECRET to the secret configured on the "
     "HolySheep relay (several, comma-separated, while rotating), for example:\n"
@@ -104,6 +108,14 @@ class Settings(BaseSettings):
     ship_backoff_max: Duration = timedelta(seconds=60)
     ship_idle_poll: Duration = timedelta(milliseconds=200)
 
+    # The relay's usage endpoint: `serve` polls it for the quota when a URL is set.
+    relay_usage_url: str | None = None
+    relay_api_key: SecretStr | None = None
+    relay_usage_interval: Duration = timedelta(seconds=60)
+    relay_usage_timeout: Duration = timedelta(seconds=10)
+    relay_usage_remaining_field: str = "remaining"
+    relay_usage_total_field: str = "total"
+
     @field_validator("webhook_secret", mode="before")
     @classmethod
     def _split_secrets(cls, value: Any) -> Any:
@@ -113,12 +125,58 @@ class Settings(BaseSettings):
 
     @field_validator("housekeeping", "retention", "dedup_window", "ship_backoff_initial",
                      "ship_backoff_max", "ship_idle_poll", "elasticsearch_timeout",
-                     "header_timeout", "body_timeout")
+                     "header_timeout", "body_timeout", "relay_usage_interval",
+                     "relay_usage_timeout")
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:
         if value < timedelta(milliseconds=10):
             raise ValueError("must be at least 10ms")
         return value
+
+    @field_validator("relay_usage_url", "relay_api_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # `KEY=` in an env file or compose's `${KEY:-}` means "not set", not "empty".
+        if isinstance(value, str):
+            return value.strip() or None
+        return value
+
+    @field_validator("relay_usage_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host, for example "
+                             "https://relay.example/v1/usage")
+        return value
+
+    @field_validator("relay_api_key")
+    @classmethod
+    def _header_safe(cls, value: SecretStr | None) -> SecretStr | None:
+        # Sent in a header: whitespace or control characters would break or split it. The
+        # message never repeats the value.
+        if value is not None and not _TOKEN.fullmatch(value.get_secret_value()):
+            raise ValueError("must be one token of printable characters, without spaces")
+        return value
+
+    @field_validator("relay_usage_remaining_field", "relay_usage_total_field")
+    @classmethod
+    def _field_path(cls, value: str) -> str:
+        if not _FIELD_PATH.fullmatch(value):
+            raise ValueError("use a JSON field name or a dotted path such as data.remaining")
+        return value
+
+    @model_validator(mode="after")
+    def _relay_usage_pair(self) -> Settings:
+        if self.relay_api_key is not None and self.relay_usage_url is None:
+            raise ValueError("INGEST_RELAY_API_KEY is set but INGEST_RELAY_USAGE_URL is not: set "
+                             "the relay's usage endpoint too, or unset the key")
+        if self.relay_usage_url is not None and self.relay_api_key is None:
+            raise ValueError("INGEST_RELAY_USAGE_URL is set but INGEST_RELAY_API_KEY is not: the "
+                             "usage endpoint needs the relay's API key (sent as a Bearer token)")
+        return self
 
     @model_validator(mode="after")
     def _retention_covers_dedup(self) -> Settings:

@@ -39,7 +39,9 @@ DATASOURCE = ROOT / "grafana" / "provisioning" / "datasources" / "prometheus.yml
 DASHBOARD_PROVIDER = ROOT / "grafana" / "provisioning" / "dashboards" / "dashboards.yml"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 
-# What the receiver exposes (ingest/metrics.py), plus Prometheus's own `up`.
+# What the receiver can expose (ingest/metrics.py), plus Prometheus's own `up`; some only when
+# configured: the shipping gauges with a sink, the relay quota with INGEST_RELAY_USAGE_URL.
+# test_known_metrics_are_what_the_receiver_can_expose holds this list to the code.
 KNOWN_METRICS = {
     "holysheep_relay_requests_total": "counter",
     "holysheep_relay_latency_seconds": "histogram",
@@ -54,6 +56,13 @@ KNOWN_METRICS = {
     "ingest_bulk_failures_total": "counter",
     "ingest_sink_up": "gauge",
     "ingest_unpriced_events_total": "counter",
+    "ingest_http_connections": "gauge",
+    "ingest_http_connections_closed_total": "counter",
+    "ingest_http_connections_refused_total": "counter",
+    "holysheep_relay_quota_remaining": "gauge",
+    "holysheep_relay_quota_limit": "gauge",
+    "holysheep_relay_usage_last_success_timestamp_seconds": "gauge",
+    "holysheep_relay_usage_poll_failures_total": "counter",
     "up": "gauge",
 }
 HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
@@ -68,7 +77,14 @@ ALERTS = {
     "HolySheepSearchTablesBehind": "warning",
     "HolySheepDailySpendNearBudget": "warning",
     "HolySheepDailySpendOverBudget": "critical",
+    "HolySheepRelayQuotaLow": "warning",
+    "HolySheepRelayQuotaNearlyExhausted": "critical",
+    "HolySheepRelayUsageStale": "warning",
 }
+# Warning and critical of one concern: they share an alert_group, so the critical inhibits the
+# warning. Every other alert_group holds one alert.
+PAIRS = (("HolySheepDailySpendNearBudget", "HolySheepDailySpendOverBudget"),
+         ("HolySheepRelayQuotaLow", "HolySheepRelayQuotaNearlyExhausted"))
 BUDGET_RULE = "holysheep:daily_spend_budget_usd"
 TOKEN_PATH = "/run/secrets/alertmanager_webhook_token"
 WEBHOOK_URL = "https://alert-webhook.invalid/holysheep-ingest"
@@ -171,6 +187,21 @@ def test_metric_name_extraction(expr: str, expected: set[str]) -> None:
     assert metric_names(expr) == expected
 
 
+def test_known_metrics_are_what_the_receiver_can_expose() -> None:
+    """KNOWN_METRICS against ingest/metrics.py with every optional part on (the store gauges
+    with a sink, the relay quota once polled): panels and rules may only read those."""
+    from ingest.metrics import Metrics
+    from ingest.relay_usage import REASONS
+
+    metrics = Metrics()
+    metrics.watch_store(lambda: {"pending": 1, "shipped": 1, "dead": 0, "unindexed": 0,
+                                 "lag_seconds": 0.0})
+    metrics.watch_relay_quota(REASONS).succeeded(1.0, 2.0, 3.0)
+    exposed = {f"{f.name}_total" if f.type == "counter" else f.name: f.type
+               for f in metrics.registry.collect()}
+    assert exposed == {k: v for k, v in KNOWN_METRICS.items() if k != "up"}
+
+
 def test_unknown_metric_names_are_found() -> None:
     assert unknown_metrics("rate(holysheep_relay_latency_seconds_count[5m])") == set()
     assert unknown_metrics("rate(ingest_webhooks_total_bucket[5m])") == {
@@ -237,12 +268,13 @@ def test_every_alert_has_severity_group_and_annotations() -> None:
         assert re.fullmatch(r"[a-z_]+", labels["alert_group"]), name
         assert rule["annotations"]["summary"].strip(), name
         assert rule["annotations"]["description"].strip(), name
-    # The spend pair shares its alert_group, so the critical inhibits the warning.
-    assert (alerts["HolySheepDailySpendNearBudget"]["labels"]["alert_group"]
-            == alerts["HolySheepDailySpendOverBudget"]["labels"]["alert_group"])
+    group = {name: rule["labels"]["alert_group"] for name, rule in alerts.items()}
+    for warning, critical in PAIRS:
+        assert (ALERTS[warning], ALERTS[critical]) == ("warning", "critical")
+        assert group[warning] == group[critical], (warning, critical)
     # Every other alert_group holds one alert: no accidental inhibition across concerns.
-    groups = [rule["labels"]["alert_group"] for rule in alerts.values()]
-    assert len(set(groups)) == len(groups) - 1
+    groups = [group[name] for name in alerts if name not in {c for _, c in PAIRS}]
+    assert len(set(groups)) == len(groups), groups
 
 
 def test_every_alert_is_tested_firing_and_quiet() -> None:
@@ -453,7 +485,8 @@ def test_dashboard_panels_query_known_metrics_only() -> None:
     for name in ("holysheep_relay_requests_total", "holysheep_relay_latency_seconds_bucket",
                  "holysheep_relay_tokens_total", "holysheep_relay_cost_usd_total",
                  "ingest_shipping_lag_seconds", "ingest_bulk_items_total",
-                 "ingest_store_events", "ingest_webhooks_total"):
+                 "ingest_store_events", "ingest_webhooks_total",
+                 "holysheep_relay_quota_remaining", "holysheep_relay_quota_limit"):
         assert name in used, name
 
 

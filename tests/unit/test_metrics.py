@@ -121,3 +121,24 @@ def test_store_gauges_are_read_at_scrape_time() -> None:
     assert sample(r, "ingest_store_unindexed_events") is None  # until the first count
     values["unindexed"] = 7.0
     assert sample(r, "ingest_store_unindexed_events") == 7
+
+
+def test_relay_quota_appears_with_the_first_good_answer_and_keeps_its_label_set() -> None:
+    metrics = Metrics(CollectorRegistry())
+    r = metrics.registry
+    assert sample(r, "holysheep_relay_usage_poll_failures_total", reason="timeout") is None
+    quota = metrics.watch_relay_quota(["timeout", "unauthorized"])
+    assert sample(r, "holysheep_relay_usage_poll_failures_total", reason="timeout") == 0
+    assert sample(r, "holysheep_relay_usage_poll_failures_total", reason="unauthorized") == 0
+    quota.failed("timeout")
+    quota.failed("something-new")  # not in the set given: no new label value
+    assert sample(r, "holysheep_relay_usage_poll_failures_total", reason="timeout") == 1
+    assert sample(r, "holysheep_relay_usage_poll_failures_total", reason="something-new") is None
+    text = metrics.render().decode()
+    assert "holysheep_relay_quota" not in text  # nothing known: no gauge (a 0 would alarm)
+    quota.succeeded(10.0, 200.0, 1_800_000_000.0)
+    quota.failed("unauthorized")  # the last good values stay
+    assert sample(r, "holysheep_relay_quota_remaining") == 10
+    assert sample(r, "holysheep_relay_quota_limit") == 200
+    assert sample(r, "holysheep_relay_usage_last_success_timestamp_seconds") == 1_800_000_000
+    assert "# TYPE holysheep_relay_quota_remaining gauge" in metrics.render().decode()

@@ -185,3 +185,70 @@ def test_invalid_values_are_config_errors_naming_the_variable(clean_env, name, v
 def test_unknown_ingest_variables_are_ignored(clean_env):
     clean_env.setenv("INGEST_SOMETHING_ELSE", "x")
     assert isinstance(load(), Settings)
+
+
+RELAY_KEY = "sk-relay-9f8e7d6c5b4a"
+
+
+def test_relay_usage_is_off_by_default():
+    s = load()
+    assert s.relay_usage_url is None and s.relay_api_key is None
+    assert s.relay_usage_interval == timedelta(seconds=60)
+    assert s.relay_usage_timeout == timedelta(seconds=10)
+    assert (s.relay_usage_remaining_field, s.relay_usage_total_field) == ("remaining", "total")
+
+
+def test_relay_usage_from_env(clean_env):
+    clean_env.setenv("INGEST_RELAY_USAGE_URL", " https://relay.example/v1/usage ")
+    clean_env.setenv("INGEST_RELAY_API_KEY", RELAY_KEY)
+    clean_env.setenv("INGEST_RELAY_USAGE_INTERVAL", "5m")
+    clean_env.setenv("INGEST_RELAY_USAGE_TIMEOUT", "3s")
+    clean_env.setenv("INGEST_RELAY_USAGE_REMAINING_FIELD", "data.quota.remaining")
+    clean_env.setenv("INGEST_RELAY_USAGE_TOTAL_FIELD", "data.quota.total")
+    s = load()
+    assert s.relay_usage_url == "https://relay.example/v1/usage"
+    assert s.relay_api_key is not None and s.relay_api_key.get_secret_value() == RELAY_KEY
+    assert RELAY_KEY not in repr(s)
+    assert s.relay_usage_interval == timedelta(minutes=5)
+    assert s.relay_usage_timeout == timedelta(seconds=3)
+    assert s.relay_usage_remaining_field == "data.quota.remaining"
+    assert s.relay_usage_total_field == "data.quota.total"
+
+
+def test_empty_relay_variables_mean_unset(clean_env):
+    clean_env.setenv("INGEST_RELAY_USAGE_URL", "")
+    clean_env.setenv("INGEST_RELAY_API_KEY", "  ")
+    s = load()
+    assert s.relay_usage_url is None and s.relay_api_key is None
+
+
+@pytest.mark.parametrize(("env", "names"), [
+    ({"INGEST_RELAY_API_KEY": RELAY_KEY}, ["INGEST_RELAY_API_KEY", "INGEST_RELAY_USAGE_URL"]),
+    ({"INGEST_RELAY_USAGE_URL": "https://relay.example/usage"},
+     ["INGEST_RELAY_USAGE_URL", "INGEST_RELAY_API_KEY"]),
+    ({"INGEST_RELAY_USAGE_URL": "ftp://relay.example/usage", "INGEST_RELAY_API_KEY": RELAY_KEY},
+     ["INGEST_RELAY_USAGE_URL", "http"]),
+    ({"INGEST_RELAY_USAGE_URL": "relay.example/usage", "INGEST_RELAY_API_KEY": RELAY_KEY},
+     ["INGEST_RELAY_USAGE_URL", "http"]),
+    ({"INGEST_RELAY_USAGE_URL": "https:///usage", "INGEST_RELAY_API_KEY": RELAY_KEY},
+     ["INGEST_RELAY_USAGE_URL", "host"]),
+    ({"INGEST_RELAY_USAGE_URL": "https://relay.example/u",
+      "INGEST_RELAY_API_KEY": "a b" + RELAY_KEY}, ["INGEST_RELAY_API_KEY", "without spaces"]),
+    ({"INGEST_RELAY_USAGE_URL": "https://relay.example/u",
+      "INGEST_RELAY_API_KEY": RELAY_KEY + "\r\nX-Injected: 1"}, ["INGEST_RELAY_API_KEY"]),
+    ({"INGEST_RELAY_USAGE_REMAINING_FIELD": "data..remaining"},
+     ["INGEST_RELAY_USAGE_REMAINING_FIELD", "data.remaining"]),
+    ({"INGEST_RELAY_USAGE_TOTAL_FIELD": "total."}, ["INGEST_RELAY_USAGE_TOTAL_FIELD"]),
+    ({"INGEST_RELAY_USAGE_TOTAL_FIELD": "my total"}, ["INGEST_RELAY_USAGE_TOTAL_FIELD"]),
+    ({"INGEST_RELAY_USAGE_INTERVAL": "0s"}, ["INGEST_RELAY_USAGE_INTERVAL"]),
+    ({"INGEST_RELAY_USAGE_TIMEOUT": "soon"}, ["INGEST_RELAY_USAGE_TIMEOUT"]),
+])
+def test_relay_usage_misconfigurations_are_clear_and_never_show_the_key(clean_env, env, names):
+    for name, value in env.items():
+        clean_env.setenv(name, value)
+    with pytest.raises(ConfigError) as info:
+        load()
+    for name in names:
+        assert name in info.value.message
+    assert RELAY_KEY not in info.value.message
+    assert RELAY_KEY not in str(info.value)
