@@ -37,7 +37,8 @@ settings (environment):
   INGEST_DEDUP_WINDOW           a repeated event id is stored once within it (default 72h)
   INGEST_RETENTION              local retention, at least the dedup window (default 30d)
   INGEST_MAX_STORE_BYTES        answer 503 + Retry-After above this (default 10GiB)
-  INGEST_MIN_FREE_DISK_BYTES    ... or when the disk has less free (default 100MiB)
+  INGEST_MIN_FREE_DISK_BYTES    ... or when the disk has less free, beyond what a WAL
+                                checkpoint needs (default 100MiB)
   INGEST_STORE_SYNC             full (fsync each commit group, default) or normal
   INGEST_PRICE_FILE             TOML/JSON price overrides, USD per 1M tokens
   INGEST_RETRY_AFTER_S          Retry-After on 503 (default 30)
@@ -238,11 +239,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     metrics = Metrics()
     app = create_app(settings, metrics=metrics)
-    # Fail here with one clear line rather than inside the server's startup with a traceback.
+    # Fail here with one clear line rather than inside the server's startup with a traceback;
+    # read-only, so a full disk is no reason not to start (the store answers 503 meanwhile).
     scheme = "https" if tls_files(settings) else "http"
-    preflight = build_store(settings)
-    preflight.start()
-    preflight.close()
+    build_store(settings).check()
     logging.getLogger("ingest").info(
         "listening on %s://%s:%d/webhooks/holysheep, store %s, %d secret(s)", scheme,
         settings.host, settings.port, settings.data_dir, len(settings.webhook_secret))

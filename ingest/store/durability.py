@@ -26,6 +26,8 @@ CHECKPOINT_NICE = 10
 # its passes would only put off the WAL starting over (seconds, hundreds of MiB of WAL).
 CHECKPOINT_PASSES = 4
 TIDY_FRAMES = 64
+# How long truncating the WAL after a full disk waits for its readers, holding the write lock.
+RECOVER_WAIT_MS = 250
 # How long a checkpoint waits for the WAL's other readers to finish a read, and they for the
 # WAL to start over, before going ahead anyway.
 READ_GATE_WAIT_S = 1.0
@@ -118,6 +120,7 @@ class Durability:
         self._sync_loop: asyncio.AbstractEventLoop | None = None
         self._checkpointed_at = time.monotonic()
         self.last_error: str | None = None
+        self._recovery_error: str | None = None
 
     def committed(self, loop: asyncio.AbstractEventLoop, done: Done) -> None:
         """A commit went into the WAL; call `done` once it is durable."""
@@ -162,15 +165,20 @@ class Durability:
         self._checkpointed_at = time.monotonic()
         self._checkpointing = self._checkpointer.submit(self._run_checkpoint)
 
+    def _connection(self) -> sqlite3.Connection:
+        """The checkpoint thread's own connection."""
+        if self._checkpoint_conn is None:
+            self._checkpoint_conn = sqlite3.connect(self._db_path, isolation_level=None,
+                                                    check_same_thread=False)
+        return self._checkpoint_conn
+
     def _run_checkpoint(self) -> None:
         try:
-            if self._checkpoint_conn is None:
-                self._checkpoint_conn = sqlite3.connect(self._db_path, isolation_level=None,
-                                                        check_same_thread=False)
+            conn = self._connection()
             # PASSIVE: copies what no reader still needs and never blocks the writer.
             left = None
             for _ in range(CHECKPOINT_PASSES):
-                _, log, copied = self._checkpoint_conn.execute(
+                _, log, copied = conn.execute(
                     "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 if log - copied <= TIDY_FRAMES or (left is not None and log - copied > left / 2):
                     break
@@ -180,6 +188,41 @@ class Durability:
         else:
             self.readers.close()
             self._caught_up = True
+
+    def recover(self, loop: asyncio.AbstractEventLoop, done: Callable[[str | None], None]) -> None:
+        """While the store takes no writes (its disk is short): copy the whole WAL into the
+        database and truncate it, so its disk goes back to the file system; `done(None)` on
+        the loop if so, else `done(why not)`. Nothing happens while a checkpoint runs."""
+        if self._checkpointing is not None and not self._checkpointing.done():
+            return
+        self._checkpointing = self._checkpointer.submit(self._run_recovery)
+        self._checkpointing.add_done_callback(lambda _: self._report(loop, done))
+
+    def _report(self, loop: asyncio.AbstractEventLoop, done: Callable[[str | None], None]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has ended: nobody is waiting
+            loop.call_soon_threadsafe(done, self._recovery_error)
+
+    def _run_recovery(self) -> None:
+        self._recovery_error = None
+        try:
+            conn = self._connection()
+            # PASSIVE first: TRUNCATE holds the write lock for as long as it copies.
+            _, log, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if log > copied:
+                self._recovery_error = (f"{log - copied} of its {log} frames are still read "
+                                        "from; trying again")
+                return
+            # It waits for readers holding the write lock: briefly, so the writer need not.
+            conn.execute(f"PRAGMA busy_timeout={RECOVER_WAIT_MS}")
+            try:
+                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                conn.execute("PRAGMA busy_timeout=5000")
+        except sqlite3.Error as exc:
+            self._recovery_error = f"checkpoint failed: {exc}"
+            return
+        if busy:
+            self._recovery_error = "the WAL is still read from, so it cannot be truncated yet"
 
     def tidy(self, conn: sqlite3.Connection) -> None:
         """After a commit, on the writer's connection: finish a background checkpoint.

@@ -90,6 +90,8 @@ class Indexer:
         self.batch = batch
         self.delay_s = delay_s
         self.last_error: str | None = None
+        # Set by the writer while its disk is short: rounds wait, `catch_up` does not.
+        self.paused = False
         self.forgotten = 0  # the last `forgotten` id applied and committed
         self._waiting = 0
         self._wake = threading.Event()
@@ -162,6 +164,8 @@ class Indexer:
             self._wake.clear()
             if self._stop:
                 return
+            if self.paused:
+                continue
             with self._lock:
                 try:
                     self._round()

@@ -73,6 +73,10 @@ CREATE TABLE IF NOT EXISTS quarantine (
 );
 PRAGMA user_version = {SCHEMA_VERSION};
 """
+# Everything SCHEMA creates: a store of this version holding them all opens without a write,
+# which a full disk would refuse.
+OBJECTS = frozenset({"events", "events_event_id", "events_pending", "events_settled",
+                     "forgotten", "dead_letters", "quarantine"})
 # The derived tables, in `INDEX_NAME`: each complete up to its own meta row, which readers
 # add the events after (the tail) to. Everything here can be rebuilt from the events.
 _INDEX_SCHEMA = f"""

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ingest.enrich import Row
 from ingest.errors import StoreError, StoreFull, StoreUnavailable
-from ingest.store import index
+from ingest.store import index, opening, space
 from ingest.store.durability import Durability
 from ingest.store.schema import (
     CHUNKS,
@@ -26,12 +26,11 @@ from ingest.store.schema import (
     PRUNE_CHUNK,
     QUARANTINE,
     ROW_OVERHEAD,
-    SCHEMA,
-    SCHEMA_VERSION,
-    UPGRADE,
 )
 
 log = logging.getLogger("ingest.store")
+# While the store refuses writes, what it waits for is logged again this often.
+FULL_LOG_EVERY_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +79,7 @@ class Store:
         checkpoint_every_s: float = 1.0,
         wal_limit_bytes: int = 64 << 20,
         clock: Callable[[], float] = time.time,
+        disk_free: Callable[[Path], int] = space.free_disk,
     ) -> None:
         """`index_batch`, `index_delay_s`: the indexer thread fills the derived tables once
         this many events wait, or this long after its last round. `wal_limit_bytes`: the
@@ -93,6 +93,7 @@ class Store:
         self.retention_ms = retention_ms
         self.housekeeping_s = housekeeping_s
         self.clock = clock
+        self.disk_free = disk_free
         self.index_batch = index_batch
         self.index_delay_s = index_delay_s
         self.checkpoint_every_s = checkpoint_every_s
@@ -108,42 +109,45 @@ class Store:
         self._timer: asyncio.TimerHandle | None = None
         self._indexer: index.Indexer | None = None
         self._checked_at = 0.0
-        self._used = self._added = self._fresh = 0
+        self._added = self._fresh = 0
+        self.space: space.Space | None = None  # the last measurement
+        self._room = 0  # bytes of rows left before a limit, as of `space`
+        self._disk_short = False  # refusing for the disk (not the size limit)
+        self._waiting_to_open = False  # the disk had no room to open the store on
+        self._full_logged_at = 0.0
 
     # lifecycle -------------------------------------------------------------------------------
+    def check(self) -> None:
+        """Read-only: raises StoreUnavailable when the store is unreadable, corrupt or too new.
+
+        Writes nothing and needs no free disk (a full disk is no reason not to start).
+        """
+        opening.check(self.path)
+
     def start(self) -> None:
-        """Open (creating if needed); raises StoreUnavailable when the store cannot be used."""
+        """Open (creating if needed); raises StoreUnavailable when the store cannot be used.
+
+        A disk too full to open it on is not such a case: the store then refuses writes with
+        StoreFull, as when it fills up while running, and opens itself on the housekeeping
+        timer once space allows.
+        """
+        self._waiting_to_open = False
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                conn.close()
-                raise StoreUnavailable(
-                    f"the store at {self.path} has schema version {version}, newer than this "
-                    f"release's {SCHEMA_VERSION}: upgrade holysheep-ingest")
-            # Before anything is written: a new store's page size cannot change later. 4 KiB
-            # pages halve the bytes written per event when ids come in no order (each event
-            # rewrites a page of the id index) but raised the single-event p99 by half.
-            conn.execute("PRAGMA page_size=16384")
-            conn.execute("PRAGMA journal_mode=WAL")
-            # A commit only writes WAL frames; `Durability` syncs them (with sync=full, before any
-            # 2xx, so it survives power loss) and checkpoints, both off the event loop.
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA wal_autocheckpoint=0")
-            conn.execute(f"PRAGMA journal_size_limit={int(self.wal_limit_bytes)}")
-            # Short: the writer runs on the event loop and must not sit behind another writer.
-            conn.execute("PRAGMA busy_timeout=1000")
-            # 8 MiB: the ack path touches the newest pages only, and 16 MiB cost 9 MiB of peak
-            # memory under batches for nothing measurable.
-            conn.execute("PRAGMA cache_size=-8192")
-            if version in (1, 2):
-                conn.executescript(UPGRADE)
-            if version and conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' "
-                                        "AND name = 'events_settled'").fetchone() is None:
-                # A store from before it: built once, about a second per million events.
-                log.info("indexing the shipped events of %s for retention (once)", self.path)
-            conn.executescript(SCHEMA)
+            self._open()
+        except StoreFull as exc:
+            self._waiting_to_open = True
+            self._set_full(exc.message, disk=True)
+        else:
+            self._check_space(force=True)
+        with contextlib.suppress(RuntimeError):  # no loop: a command-line tool, a test
+            self._timer = asyncio.get_running_loop().call_later(
+                self.housekeeping_s, self._housekeeping)
+
+    def _open(self) -> None:
+        """Raises StoreFull when opening needed a write the disk had no room for."""
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = opening.open_writer(self.path, self.wal_limit_bytes)
             self._durability = Durability(self.path, full=self.sync == "full",
                                           checkpoint_every_s=self.checkpoint_every_s)
             self._indexer = index.Indexer(self.path.parent, batch=self.index_batch,
@@ -154,15 +158,27 @@ class Store:
             if self._durability is not None:
                 self._durability.close()
                 self._durability = None
+            if conn is not None:
+                conn.close()
+            if space.no_space(exc, self._free_disk()):
+                raise StoreFull(f"the disk under the store at {self.path} is too full to "
+                                f"open it: {exc}") from exc
             raise StoreUnavailable(f"cannot open the store at {self.path}: {exc}") from exc
         self._conn = conn
-        self._check_space(force=True)
+
+    def _free_disk(self) -> int | None:
+        """Free bytes on the store's disk (its nearest folder that exists), None if unknown."""
+        for folder in (self.path.parent, *self.path.parent.parents):
+            with contextlib.suppress(OSError):
+                return self.disk_free(folder)
+        return None
 
     def close(self) -> None:
         """Commit whatever is queued, then close. Call from the loop that wrote, or with none."""
         if self._timer is not None:
             self._timer.cancel()
         self._timer = None
+        self._waiting_to_open = False
         self._stop_indexer()
         if self._conn is None or self._durability is None:
             return
@@ -186,6 +202,8 @@ class Store:
     # writing ---------------------------------------------------------------------------------
     def refuse_if_full(self) -> None:
         if self._conn is None:
+            if self._waiting_to_open and self.full_reason is not None:
+                raise StoreFull(self.full_reason)
             raise StoreUnavailable("the store is not open")
         if self.full_reason is not None:
             raise StoreFull(self.full_reason)
@@ -253,8 +271,8 @@ class Store:
         self._durability.tidy(self._conn)
         if self._indexer is not None:
             self._indexer.added(self._fresh)
-        self._used += self._added
-        self._check_space(force=self._used > self.max_bytes)
+        self._room -= self._added
+        self._check_space(force=self._room < 0)
         self._durability.committed(asyncio.get_running_loop(),
                                    lambda error: self._durable(jobs, error))
 
@@ -327,9 +345,11 @@ class Store:
 
     def _classify(self, exc: Exception) -> StoreError:
         self.last_error = f"{type(exc).__name__}: {exc}"
-        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
-            self.full_reason = "the disk under the store is full"
-            return StoreFull(self.full_reason)
+        if space.no_space(exc):
+            # Refused from now on: the housekeeping timer checkpoints the WAL and measures
+            # again, and takes writes once the disk has room (`_check_space`).
+            self._set_full("the disk under the store is full", disk=True)
+            return StoreFull("the disk under the store is full")
         return StoreUnavailable(f"the store could not commit: {exc}")
 
     # housekeeping ----------------------------------------------------------------------------
@@ -337,16 +357,57 @@ class Store:
         self._timer = None
         loop = asyncio.get_running_loop()
         if self._conn is None:
+            if self._waiting_to_open:
+                self._retry_open()
+                self._timer = loop.call_later(self.housekeeping_s, self._housekeeping)
             return
-        try:
-            more = self.prune(max_chunks=4)
-        except sqlite3.Error as exc:
-            self.last_error = f"pruning failed: {exc}"
-            more = False
+        more = False
+        if self._disk_short:
+            # Pruning frees no disk (pages go to the free list) and would need WAL space the
+            # disk may not have: first copy the WAL into the database and give its disk back.
+            self._recover(loop)
+        else:
+            try:
+                more = self.prune(max_chunks=4)
+            except sqlite3.Error as exc:
+                self.last_error = f"pruning failed: {exc}"
         self._check_space(force=True)
         # Pruning goes in small steps so the loop keeps serving; come back soon if unfinished.
         delay = 0.05 if more else self.housekeeping_s
         self._timer = loop.call_later(delay, self._housekeeping)
+
+    def _retry_open(self) -> None:
+        try:
+            self._open()
+        except StoreFull as exc:
+            self._set_full(exc.message, disk=True)
+            return
+        except StoreUnavailable as exc:
+            self.last_error = exc.message
+            log.error("%s", exc.message)
+            return
+        self._waiting_to_open = False
+        log.info("store open at %s", self.path)
+        self._check_space(force=True)
+
+    def _recover(self, loop: asyncio.AbstractEventLoop) -> None:
+        """While the disk is short: checkpoint the WAL on the checkpoint thread and, once all
+        of it is in the database, truncate it; then measure again."""
+        if self._durability is None or self.space is None or not self.space.wal:
+            return
+        wal = self.space.wal
+        self._durability.recover(loop, lambda error: self._recovered(wal, error))
+
+    def _recovered(self, wal: int, error: str | None) -> None:
+        if error is None:
+            log.warning("checkpointed the WAL of %s and gave its %d bytes back to the disk",
+                        self.path, wal)
+        elif error != self.last_error:  # said once, not at every tick
+            # A checkpoint cut short by the full disk keeps the pages it copied: the next one
+            # goes on from there, so space freed bit by bit is used as it comes.
+            log.warning("the WAL of %s is not checkpointed yet: %s", self.path, error)
+        self.last_error = error
+        self._check_space(force=True)
 
     def prune(self, max_chunks: int | None = None) -> bool:
         """Delete events and quarantined items older than the retention; True if more remain.
@@ -404,17 +465,32 @@ class Store:
             pages = conn.execute("PRAGMA page_count").fetchone()[0]
             free_pages = conn.execute("PRAGMA freelist_count").fetchone()[0]
             page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-            disk = os.statvfs(self.path.parent)
-            index_bytes = self._index_bytes()
+            measured = space.measure((pages - free_pages) * page_size + self._index_bytes(),
+                                     pages, page_size, self.path, self.disk_free(self.path.parent))
         except (sqlite3.Error, OSError) as exc:
             self.last_error = f"cannot measure the store: {exc}"
             return
-        used = self._used = (pages - free_pages) * page_size + index_bytes
-        free_disk = disk.f_bavail * disk.f_frsize
-        if used > self.max_bytes:
-            self.full_reason = f"the store holds {used} bytes, over its {self.max_bytes} limit"
-        elif free_disk < self.min_free_bytes:
-            self.full_reason = (f"only {free_disk} bytes free on the store's disk, "
-                                f"under the {self.min_free_bytes} minimum")
-        else:
-            self.full_reason = None
+        self.space = measured
+        # Rows written count down from it: a burst brings the next measurement forward.
+        self._room = space.room(measured, self.max_bytes, self.min_free_bytes)
+        short = space.short_of_disk(measured, self.min_free_bytes)
+        self._set_full(space.over_limit(measured, self.max_bytes) or short,
+                       disk=short is not None)
+
+    def _set_full(self, reason: str | None, *, disk: bool) -> None:
+        """Refuse writes for `reason` (None: take them); say so when that changes, and say
+        again what the store waits for every `FULL_LOG_EVERY_S` while it lasts."""
+        was, self.full_reason, self._disk_short = self.full_reason, reason, disk
+        if self._indexer is not None:
+            # The derived tables can wait; the disk they would take is the WAL checkpoint's.
+            self._indexer.paused = disk
+        now = time.monotonic()
+        if reason is None:
+            if was is not None:
+                log.warning("the store takes writes again")
+        elif was is None or now - self._full_logged_at >= FULL_LOG_EVERY_S:
+            self._full_logged_at = now
+            waiting = ("room on the disk (delete files, or grow it)" if disk
+                       else "retention to free space")
+            log.warning("the store refuses writes (503 store_full): %s; waiting for %s",
+                        reason, waiting)

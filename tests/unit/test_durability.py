@@ -258,3 +258,61 @@ def test_a_reader_goes_ahead_when_the_writer_never_opens_the_gate(
     assert gate._closed
     with gate.reading():
         assert not gate._closed  # opened by the reader that waited, for the ones after it
+
+
+def _wal_with_rows(tmp_path: Path) -> tuple[Path, sqlite3.Connection]:
+    path = wal_db(tmp_path)
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+                   "WHERE i < 2000) INSERT INTO t SELECT randomblob(1000) FROM n")
+    return path, writer
+
+
+def _recover(durability: Durability) -> str | None:
+    async def run() -> str | None:
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[str | None] = loop.create_future()
+        durability.recover(loop, answer.set_result)
+        return await asyncio.wait_for(answer, 10)
+
+    return asyncio.run(run())
+
+
+def test_recover_copies_the_whole_wal_and_gives_its_disk_back(tmp_path: Path) -> None:
+    path, writer = _wal_with_rows(tmp_path)
+    wal = Path(f"{path}-wal")
+    assert wal.stat().st_size > 2_000_000
+    durability = Durability(path, full=True)
+    try:
+        assert _recover(durability) is None
+        assert wal.stat().st_size == 0
+        assert path.stat().st_size > 2_000_000  # the pages are in the database file now
+        assert writer.execute("SELECT count(*) FROM t").fetchone() == (2000,)
+        writer.execute("INSERT INTO t VALUES (1)")  # the WAL starts over from nothing
+        assert writer.execute("SELECT count(*) FROM t").fetchone() == (2001,)
+    finally:
+        durability.close()
+        writer.close()
+
+
+def test_recover_leaves_a_wal_that_is_still_read_for_the_next_round(tmp_path: Path) -> None:
+    path, writer = _wal_with_rows(tmp_path)
+    wal = Path(f"{path}-wal")
+    size = wal.stat().st_size
+    reading = sqlite3.connect(path, isolation_level=None)
+    reading.execute("BEGIN")
+    reading.execute("SELECT count(*) FROM t").fetchone()  # holds its snapshot in the WAL
+    writer.execute("INSERT INTO t VALUES (1)")  # a frame that reader does not see
+    durability = Durability(path, full=True)
+    try:
+        error = _recover(durability)
+        assert error is not None and "still read from" in error
+        assert wal.stat().st_size >= size
+        reading.execute("COMMIT")
+        assert _recover(durability) is None
+        assert wal.stat().st_size == 0
+    finally:
+        durability.close()
+        reading.close()
+        writer.close()

@@ -377,6 +377,174 @@ def test_room_means_not_full(store):
     asyncio.run(store.probe())
 
 
+def test_restarting_a_current_store_writes_nothing(tmp_path):
+    # A full disk refuses any write, even one that sets the schema version to what it was.
+    first = Store(tmp_path, min_free_bytes=0)
+    first.start()
+    write(first, [row("a")])
+    first.close()
+    before = (tmp_path / DB_NAME).read_bytes()
+    again = Store(tmp_path, min_free_bytes=0)
+    again.start()
+    try:
+        assert (tmp_path / f"{DB_NAME}-wal").stat().st_size == 0
+        assert (tmp_path / DB_NAME).read_bytes() == before
+    finally:
+        again.close()
+
+
+class Disk:
+    """What the store is told is free on its disk (the files themselves are real)."""
+
+    def __init__(self, free: int) -> None:
+        self.free = free
+
+    def __call__(self, folder) -> int:
+        return self.free
+
+
+async def until(check, seconds: float, what: str) -> None:
+    """Poll `check` on the loop (the store's timer runs meanwhile) until it holds."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def crashed_writer(tmp_path, count: int) -> Store:
+    """A writer that committed `count` events into its WAL and never checkpointed them:
+    as a receiver that died, seen by the next one opened beside it."""
+    store = Store(tmp_path, min_free_bytes=0, checkpoint_every_s=3600, index_delay_s=3600)
+    store.start()
+    write(store, [row(f"e{i}") for i in range(count)])
+    return store
+
+
+def test_a_wal_the_disk_could_not_checkpoint_refuses_writes(tmp_path):
+    dead = crashed_writer(tmp_path, 3000)
+    try:
+        probe = Store(tmp_path, min_free_bytes=0, disk_free=Disk(1 << 40))
+        probe.start()
+        need = probe.space.checkpoint
+        probe.close()
+        assert need > 500_000  # the events are in the WAL only
+        for free, refused in ((need - 1, True), (need, False)):
+            store = Store(tmp_path, min_free_bytes=0, disk_free=Disk(free))
+            store.start()
+            try:
+                assert (store.full_reason is not None) is refused, store.full_reason
+                if refused:
+                    assert f"{need} to checkpoint the WAL" in store.full_reason
+                    with pytest.raises(StoreFull):
+                        store.refuse_if_full()
+            finally:
+                store.close()
+    finally:
+        dead.close()
+
+
+def test_a_store_short_of_disk_checkpoints_its_wal_and_resumes(tmp_path, caplog):
+    dead = crashed_writer(tmp_path, 3000)
+    disk = Disk(0)
+    wal = tmp_path / f"{DB_NAME}-wal"
+
+    async def main() -> None:
+        store = Store(tmp_path, min_free_bytes=0, housekeeping_s=0.05, disk_free=disk)
+        store.start()
+        try:
+            assert store.full_reason is not None and "to checkpoint the WAL" in store.full_reason
+            with pytest.raises(StoreFull):
+                await store.write([row("late")])
+            # The housekeeping rounds copy the WAL into the database and truncate it...
+            await until(lambda: wal.stat().st_size == 0, 10, "the WAL truncated")
+            # ... and with nothing free at all, the store still waits.
+            await until(lambda: store.space.checkpoint == 0, 5, "a measurement after it")
+            assert store.full_reason == ("only 0 bytes free on the store's disk, under the 0 "
+                                         "minimum")
+            with pytest.raises(StoreFull):
+                await store.write([row("late")])
+            disk.free = 1 << 30
+            await until(lambda: store.full_reason is None, 5, "writes taken again")
+            assert await store.write([row("late"), row("e1")]) == [True, False]
+        finally:
+            store.close()
+
+    with caplog.at_level(logging.INFO, logger="ingest.store"):
+        asyncio.run(main())
+    dead.close()
+    said = [r.getMessage() for r in caplog.records]
+    assert any("waiting for room on the disk" in m for m in said)
+    assert any("gave its" in m for m in said)
+    assert "the store takes writes again" in said
+    with Reader(tmp_path) as r:
+        assert r.counts()["pending"] == 3001
+
+
+def test_a_commit_that_finds_the_disk_full_is_refused_and_the_store_resumes(tmp_path):
+    async def main() -> None:
+        store = Store(tmp_path, min_free_bytes=0, housekeeping_s=0.05)
+        store.start()
+        try:
+            await store.write([row("before")])
+            # SQLite's own "database or disk is full", as ENOSPC gives it: no page past here.
+            await store.apply(lambda conn: conn.execute("PRAGMA max_page_count = 1"))
+            with pytest.raises(StoreFull, match="the disk under the store is full"):
+                await store.write([row(f"big{i}") for i in range(2000)])
+            assert store.full_reason == "the disk under the store is full"
+            with pytest.raises(StoreFull):
+                await store.write([row("next")])
+            with Reader(tmp_path) as r:
+                assert r.search(event_id="big0") == []  # refused means not stored
+            await store.apply(lambda conn: conn.execute("PRAGMA max_page_count = 1000000000"))
+            await until(lambda: store.full_reason is None, 5, "writes taken again")
+            flags = await store.write([row(f"big{i}") for i in range(2000)])
+            assert flags == [True] * 2000
+        finally:
+            store.close()
+
+    asyncio.run(main())
+    with Reader(tmp_path) as r:
+        assert r.counts()["pending"] == 2001
+
+
+def test_a_disk_too_full_to_open_the_store_on_is_waited_for(tmp_path, monkeypatch):
+    from ingest.store import opening
+
+    conn = sqlite3.connect(tmp_path / "probe.db")
+    conn.execute("CREATE TABLE t (x)")
+    conn.execute("PRAGMA max_page_count = 2")
+    try:
+        conn.execute("INSERT INTO t VALUES (?)", (bytes(100_000),))
+    except sqlite3.OperationalError as exc:
+        full = exc  # a real SQLITE_FULL, for the first attempt to open
+    conn.close()
+    real = opening.open_writer
+    attempts: list[int] = []
+
+    def open_writer(path, wal_limit):
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise full
+        return real(path, wal_limit)
+
+    monkeypatch.setattr(opening, "open_writer", open_writer)
+
+    async def main() -> None:
+        store = Store(tmp_path / "data", min_free_bytes=0, housekeeping_s=0.05)
+        store.start()
+        try:
+            assert not store.running
+            with pytest.raises(StoreFull, match="too full to open it"):
+                await store.probe()
+            await until(lambda: store.running, 5, "the store opened")
+            assert await store.write([row("a")]) == [True]
+        finally:
+            store.close()
+
+    asyncio.run(main())
+    assert len(attempts) == 2
+
+
 def test_writes_after_close_are_refused(tmp_path):
     store = Store(tmp_path, min_free_bytes=0)
     store.start()
