@@ -18,9 +18,9 @@ from collections.abc import Sequence
 import uvicorn
 
 from ingest import app as app_module
-from ingest.enrich import Row
+from ingest.records import Invalid, Row
 from ingest.settings import load
-from ingest.store import Invalid, Store
+from ingest.store import Store
 
 
 class NoStorage(Store):

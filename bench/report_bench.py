@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ingest import reports
+from ingest import records, reports
 from ingest.prices import PriceBook
 from ingest.sample import sample_event
 from ingest.store import Reader
@@ -42,7 +42,7 @@ def main() -> int:
         fill(data, args.events, now)
         print(f"filled {args.events:,} events in {time.perf_counter() - started:.0f} s")
         reader = Reader(data)
-        week = reports.Query(now - 7 * DAY - 1, now + 1)
+        week = records.Query(now - 7 * DAY - 1, now + 1)
         cases: list[tuple[str, Callable[[], Any]]] = [
             ("latency, 7 days", lambda: reports.latency_result(
                 week, reader.latencies(week), "exact")),
@@ -53,7 +53,7 @@ def main() -> int:
             ("cost per day and user, 7 days", lambda: reports.cost_result(
                 week, "user", reader.cost(week, "user"))),
             ("latency, one model, 7 days", lambda: reports.latency_result(
-                q := reports.Query(week.since_ms, week.until_ms, model="gpt-4o"),
+                q := records.Query(week.since_ms, week.until_ms, model="gpt-4o"),
                 reader.latencies(q), "exact")),
         ]
         print(f"\n| question over {args.events:,} events | median of 3 |\n|---|---|")

@@ -27,8 +27,9 @@ from pathlib import Path
 import orjson
 
 from ingest import events
-from ingest.enrich import Enricher, Row
+from ingest.enrich import Enricher
 from ingest.prices import PriceBook
+from ingest.records import Row
 from ingest.sample import sample_event
 from ingest.signing import Secret, sign, verify
 from ingest.store import Store

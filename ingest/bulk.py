@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from ingest.events import MAX_ID_BYTES, id_bytes
+from ingest.records import DeadLetter, Outcome, Pending
 from ingest.remote import retryable
 
 SHIPPED_STATUSES = frozenset({200, 201, 409})  # 409 on create: the document is already there
@@ -21,38 +21,6 @@ FILTER_PATH = ("errors,items.*.status,items.*.error.type,items.*.error.reason,"
                "items.*.failure_store")
 FAILURE_STORE_USED = "failure_store_used"
 ID_TOO_LONG = "id_too_long"
-
-
-@dataclass(frozen=True, slots=True)
-class Pending:
-    """A stored event waiting to be shipped."""
-
-    seq: int
-    event_id: str
-    doc: bytes
-    raw: bytes
-    attempts: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """Why Elasticsearch refused an event for good."""
-
-    item: Pending
-    status: int
-    error_type: str
-    reason: str
-
-
-@dataclass(slots=True)
-class Outcome:
-    """The parsed answer to one bulk request."""
-
-    shipped: list[Pending] = field(default_factory=list)
-    conflicts: int = 0
-    retry: list[Pending] = field(default_factory=list)
-    dead: list[DeadLetter] = field(default_factory=list)
-    blocked: str | None = None
 
 
 def source(doc: bytes, raw: bytes) -> bytes:

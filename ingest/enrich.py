@@ -7,10 +7,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import Any
 
 from ingest.events import derived_id, encode
 from ingest.prices import PriceBook
+from ingest.records import Row, iso_ms
 
 # Event times outside this range are typos or seconds-as-ms; they fall back to receive time.
 _MIN_MS = 946_684_800_000  # 2000-01-01
@@ -29,38 +30,6 @@ class Draft:
 
 
 Processor = Callable[[Draft], Draft]
-
-
-class Row(NamedTuple):
-    """One stored event: the columns the store indexes, the document and the raw bytes."""
-
-    event_id: str
-    received_at: int
-    ts: int
-    model: str | None
-    status_code: int | None
-    latency_ms: float | None
-    user_id: str | None
-    trace_id: str | None
-    error_message: str | None
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    tokens_used: int | None
-    cost_usd: float | None
-    computed_cost_usd: float | None
-    doc: bytes
-    raw: bytes
-
-
-def iso_ms(ms: int) -> str:
-    """`2026-11-22T06:34:21.258Z` for unix ms."""
-    return f"{_iso_second(ms // 1000)}.{ms % 1000:03d}Z"
-
-
-@lru_cache(maxsize=1024)
-def _iso_second(seconds: int) -> str:
-    # Events arrive clustered in time: formatting each second once is most of the cost saved.
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def assign_id(draft: Draft) -> Draft:
@@ -236,12 +205,14 @@ class Enricher:
         meta = doc.get("user_metadata") or {}
         error = doc.get("error") or {}
         return Row(
-            str(doc["id"]), received_ms, draft.ts_ms, doc.get("model"), doc.get("status_code"),
-            doc.get("latency_ms"), meta.get("user_id"), meta.get("trace_id"), error.get("message"),
-            usage.get("prompt_tokens"), usage.get("completion_tokens"), doc.get("tokens_used"),
-            doc.get("cost_usd"), doc.get("computed_cost_usd"),
-            encode(doc), raw,
-        )
+            event_id=str(doc["id"]), received_at=received_ms, ts=draft.ts_ms,
+            model=doc.get("model"), status_code=doc.get("status_code"),
+            latency_ms=doc.get("latency_ms"), user_id=meta.get("user_id"),
+            trace_id=meta.get("trace_id"), error_message=error.get("message"),
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"), tokens_used=doc.get("tokens_used"),
+            cost_usd=doc.get("cost_usd"), computed_cost_usd=doc.get("computed_cost_usd"),
+            doc=encode(doc), raw=raw)
 
 
 def unpriced(row: Row) -> bool:

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import httpx
 
 from ingest import bulk
-from ingest.bulk import DeadLetter, Pending
 from ingest.errors import ConfigError, SinkRefused
+from ingest.records import DeadLetter, Outcome, Pending
 from ingest.remote import answer_error, redact, retryable, transport_error
 
 CREDENTIALS = "INGEST_LOGSTASH_USERNAME/_PASSWORD"
@@ -50,7 +50,7 @@ class LogstashSink:
         """NDJSON of the documents (raw event as event.original), bounded like bulk bodies."""
         return bulk.batches(items, _line, max_docs, max_bytes)
 
-    async def send(self, items: list[Pending], body: bytes) -> bulk.Outcome:
+    async def send(self, items: list[Pending], body: bytes) -> Outcome:
         try:
             response = await self.client.post(
                 self._post_url, content=body, headers={"content-type": "application/x-ndjson"})
@@ -58,7 +58,7 @@ class LogstashSink:
             raise transport_error("Logstash", exc) from None
         status = response.status_code
         if 200 <= status < 300:
-            return bulk.Outcome(shipped=list(items))
+            return Outcome(shipped=list(items))
         if retryable(status) or status in (401, 403):
             raise answer_error("Logstash", status, credentials=CREDENTIALS)
         if status == 413:
@@ -68,9 +68,9 @@ class LogstashSink:
             half = len(items) // 2
             first = await self.send(items[:half], b"".join(map(_line, items[:half])))
             second = await self.send(items[half:], b"".join(map(_line, items[half:])))
-            return bulk.Outcome(shipped=first.shipped + second.shipped,
+            return Outcome(shipped=first.shipped + second.shipped,
                                 dead=first.dead + second.dead)
-        return bulk.Outcome(dead=[DeadLetter(items[0], status, "logstash_rejected",
+        return Outcome(dead=[DeadLetter(items[0], status, "logstash_rejected",
                                              response.text[:500])])
 
 

@@ -8,13 +8,13 @@ import math
 import re
 from bisect import bisect_left
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import chain
 from typing import Any
 
-from ingest.enrich import LatencyBucket, iso_ms
+from ingest.enrich import LatencyBucket
 from ingest.errors import ConfigError
+from ingest.records import Query, iso_ms
 
 PERCENTS = (50, 90, 95, 99)
 BUCKETS = (*(name for _, name in LatencyBucket().bounds), LatencyBucket().last)
@@ -22,19 +22,6 @@ TOP_ERRORS = 3
 DEFAULT_SINCE = {"latency": "24h", "errors": "1h", "cost": "7d"}
 _RELATIVE = re.compile(r"(\d+)\s*(m|h|d|w)", re.IGNORECASE)
 _UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-@dataclass(frozen=True)
-class Query:
-    """A question's filters: the window in unix ms (`until` excluded), model and user."""
-
-    since_ms: int
-    until_ms: int
-    model: str | None = None
-    user: str | None = None
-
-    def window(self) -> dict[str, str]:
-        return {"since": iso_ms(self.since_ms), "until": iso_ms(self.until_ms)}
 
 
 def parse_time(value: str, now: datetime) -> int:

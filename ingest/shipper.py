@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ingest import bulk
-from ingest.bulk import DeadLetter, Pending
 from ingest.errors import SinkError, SinkRefused, SinkUnavailable, SinkVersionMismatch, StoreError
+from ingest.records import DeadLetter, Outcome, Pending
 from ingest.store import Reader, Store, mark_done
 
 log = logging.getLogger("ingest.shipper")
@@ -28,7 +28,7 @@ class Sink(Protocol):
     async def check_version(self) -> str: ...
     def chunks(self, items: Iterable[Pending], index: str, max_docs: int,
                max_bytes: int) -> Iterator[tuple[list[Pending], bytes]]: ...
-    async def send(self, items: list[Pending], body: bytes) -> bulk.Outcome: ...
+    async def send(self, items: list[Pending], body: bytes) -> Outcome: ...
     async def close(self) -> None: ...
 
 
@@ -62,7 +62,7 @@ class Shipper:
         idle_poll: float = 0.2,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
-        on_bulk: Callable[[bulk.Outcome | None, float], None] | None = None,
+        on_bulk: Callable[[Outcome | None, float], None] | None = None,
     ) -> None:
         self.store = store
         self.reader = reader
@@ -164,7 +164,7 @@ class Shipper:
             return False
         items, unsendable = bulk.unsendable(items)
         if unsendable:
-            await self._finish(bulk.Outcome(dead=unsendable))
+            await self._finish(Outcome(dead=unsendable))
         for batch, body in self.sink.chunks(items, self.index, self.batch_docs,
                                             self.batch_bytes):
             await self._slots.acquire()
@@ -206,7 +206,7 @@ class Shipper:
     async def _send(self, items: list[Pending], body: bytes) -> None:
         started = time.monotonic()
         self.stats.bulk_requests += 1
-        outcome: bulk.Outcome | None = None
+        outcome: Outcome | None = None
         try:
             outcome = await self.sink.send(items, body)
         except SinkUnavailable as exc:
@@ -224,7 +224,7 @@ class Shipper:
             log.warning("bulk request too large; batches now up to %d bytes", self.batch_bytes)
             self._retry_later(items, immediately=True)
         elif exc.status == 413:
-            await self._finish(bulk.Outcome(dead=[DeadLetter(
+            await self._finish(Outcome(dead=[DeadLetter(
                 items[0], 413, "request_entity_too_large", exc.message)]))
         else:
             # Credentials, a missing template, a closed index: nothing to retry quickly.
@@ -245,7 +245,7 @@ class Shipper:
                 item.attempts, self.backoff_initial, self.backoff_max, self.rng)
             heapq.heappush(self._retry, (now + delay, item.seq, item))
 
-    async def _finish(self, outcome: bulk.Outcome) -> None:
+    async def _finish(self, outcome: Outcome) -> None:
         stats = self.stats
         stats.indexed += len(outcome.shipped) - outcome.conflicts
         stats.conflicts += outcome.conflicts

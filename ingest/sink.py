@@ -17,15 +17,10 @@ import elasticsearch
 from elastic_transport import HttpxAsyncHttpNode
 from elasticsearch import AsyncElasticsearch
 
-from ingest.bulk import FILTER_PATH, DeadLetter, Outcome, Pending, classify, merge
+from ingest.bulk import FILTER_PATH, classify, merge
 from ingest.bulk import chunks as bulk_chunks
-from ingest.errors import (
-    ConfigError,
-    SinkError,
-    SinkRefused,
-    SinkUnavailable,
-    SinkVersionMismatch,
-)
+from ingest.errors import ConfigError, SinkError, SinkRefused, SinkUnavailable, SinkVersionMismatch
+from ingest.records import DeadLetter, Outcome, Pending
 from ingest.remote import answer_error, redact, timed_out, unreachable
 from ingest.settings import Settings
 

@@ -19,6 +19,7 @@ import httpx
 import orjson
 
 from ingest.prices import PriceBook
+from ingest.records import Row
 from ingest.signing import signed_headers
 
 SECRET = "test-secret-0123456789abcdef"
@@ -39,6 +40,16 @@ def signed(body: bytes | dict[str, Any] | list[Any], secret: str = SECRET,
     headers = {"Content-Type": content_type,
                **signed_headers(secret, raw, int(time.time()) if timestamp is None else timestamp)}
     return raw, headers
+
+
+def row(event_id: str = "e1", **fields: Any) -> Row:
+    """A store row by keyword: every column not given is None (times 0), the document and raw
+    bytes `{"id": event_id}` unless given."""
+    doc = fields.pop("doc", None) or orjson.dumps({"id": event_id})
+    columns: dict[str, Any] = dict.fromkeys(Row._fields)
+    columns.update(event_id=event_id, received_at=0, ts=0, doc=doc, raw=doc)
+    columns.update(fields)
+    return Row(**columns)
 
 
 def wait_until(check: Callable[[], bool], seconds: float, what: str) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from ingest import events
-from ingest.enrich import Enricher, Row, unpriced
+from ingest.enrich import Enricher, unpriced
 from ingest.errors import (
     EventInvalid,
     IngestError,
@@ -23,8 +23,9 @@ from ingest.errors import (
     UnsupportedMediaType,
 )
 from ingest.metrics import Metrics
+from ingest.records import Invalid, Row
 from ingest.signing import HEADERS, Secret, verify
-from ingest.store import Invalid, Store
+from ingest.store import Store
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

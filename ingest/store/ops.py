@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
-from ingest.bulk import DeadLetter
+from ingest.records import DeadLetter
 from ingest.store import index
 from ingest.store.schema import DEAD, ID_PROBE, PENDING, SHIPPED
 from ingest.store.writer import Op

@@ -10,9 +10,8 @@ from typing import Any
 
 import orjson
 
-from ingest.bulk import Pending
 from ingest.errors import StoreUnavailable
-from ingest.reports import Query
+from ingest.records import Pending, Query
 from ingest.store.schema import (
     DB_NAME,
     DERIVED,

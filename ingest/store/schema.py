@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from ingest.enrich import Row
-
 PENDING, SHIPPED, DEAD = 0, 1, 2
 STATES = {PENDING: "pending", SHIPPED: "shipped", DEAD: "dead"}
 DB_NAME = "events.db"
@@ -123,8 +121,13 @@ def watermark(table: str) -> str:
     """SQL for the last sequence number `table` holds (read in the query's own snapshot)."""
     assert table in DERIVED
     return f"(SELECT value FROM ix.meta WHERE key = '{table}')"
-COLUMNS = ", ".join(Row._fields)
-VALUES = "(" + ", ".join("?" * len(Row._fields)) + ")"
+# The events table's columns a stored row fills, in `ingest.records.Row`'s field order: the
+# writer inserts each row as the tuple it is (a test holds the two to each other).
+EVENT_COLUMNS = ("event_id", "received_at", "ts", "model", "status_code", "latency_ms",
+                 "user_id", "trace_id", "error_message", "prompt_tokens", "completion_tokens",
+                 "tokens_used", "cost_usd", "computed_cost_usd", "doc", "raw")
+COLUMNS = ", ".join(EVENT_COLUMNS)
+VALUES = "(" + ", ".join("?" * len(EVENT_COLUMNS)) + ")"
 # Multi-row statements of a few fixed sizes: far fewer calls per group, and few enough shapes
 # that every statement stays in sqlite3's statement cache.
 CHUNKS = (64, 16, 4, 1)

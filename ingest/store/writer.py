@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 
-from ingest.enrich import Row
 from ingest.errors import StoreError, StoreFull, StoreUnavailable
+from ingest.records import Invalid, Row
 from ingest.store import index, opening, space
 from ingest.store.durability import Durability
 from ingest.store.schema import (
@@ -31,14 +31,6 @@ from ingest.store.schema import (
 log = logging.getLogger("ingest.store")
 # While the store refuses writes, what it waits for is logged again this often.
 FULL_LOG_EVERY_S = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class Invalid:
-    """A quarantined event: its bytes exactly as received (array elements too) and the reason."""
-
-    raw: bytes
-    reason: str
 
 
 Op = Callable[[sqlite3.Connection], None]

@@ -27,8 +27,8 @@ import pytest
 from setup_recorder import Request, recorder
 from spec_tools import Diagnostic, literal, module, typecheck, version
 
-from ingest import bulk, reports
-from ingest.bulk import Pending
+from ingest import bulk, records, reports
+from ingest.records import Pending
 from ingest.sink import CLIENT_MAJOR, Connection, ElasticsearchSink
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,7 +104,7 @@ def setup_bodies() -> list[Body]:
 def report_bodies() -> list[Body]:
     found = []
     for model, user in ((None, None), ("gpt-4o", "user_001")):
-        window = reports.Query(*WINDOW, model=model, user=user)
+        window = records.Query(*WINDOW, model=model, user=user)
         for question in reports.DEFAULT_SINCE:
             for by in ("day", "model", "user") if question == "cost" else ("day",):
                 found.append(Body(f"reports.es_body({question!r}, by={by!r}, model={model!r})",

@@ -13,10 +13,10 @@ from typing import Any
 import orjson
 import pytest
 
-from ingest import bulk
-from ingest.bulk import Pending
-from ingest.enrich import Enricher, Row
+from ingest import records
+from ingest.enrich import Enricher
 from ingest.prices import PriceBook
+from ingest.records import Pending, Row
 from ingest.shipper import Shipper
 from ingest.sink import CLIENT_MAJOR, POLICY, ElasticsearchSink
 from ingest.store import PENDING, Reader, Store
@@ -250,7 +250,7 @@ def test_an_id_over_512_bytes_never_stalls_shipping(cluster: Any, stream: str,
     raw = orjson.dumps(event)
     too_long = ENRICH.row(orjson.loads(raw), raw, event["timestamp"])
 
-    async def scenario(sink: ElasticsearchSink) -> tuple[int, bulk.Outcome, int]:
+    async def scenario(sink: ElasticsearchSink) -> tuple[int, records.Outcome, int]:
         await setup(sink, stream)
         assert all(await local.store.write([*good[:3], too_long, *good[3:]], (), 0))
         await local.shipper(sink, stream).drain(timeout=60)
@@ -281,7 +281,7 @@ def test_reports_and_search_agree_with_the_store(cluster: Any, stream: str,
     from ingest import reports
 
     now_ms = int(time.time() * 1000)
-    window = reports.Query(now_ms - 3_600_000, now_ms + 60_000)
+    window = records.Query(now_ms - 3_600_000, now_ms + 60_000)
 
     async def scenario(sink: ElasticsearchSink) -> dict[str, Any]:
         await setup(sink, stream)
@@ -320,7 +320,7 @@ def test_a_copy_resent_after_a_rollover_is_counted_once(cluster: Any, stream: st
     from ingest import reports
 
     now_ms = int(time.time() * 1000)
-    window = reports.Query(now_ms - 3_600_000, now_ms + 60_000)
+    window = records.Query(now_ms - 3_600_000, now_ms + 60_000)
     dup_id, other_id = f"dup-{secrets.token_hex(4)}", f"other-{secrets.token_hex(4)}"
     events = [
         {"id": dup_id, "model": "gpt-4o", "status_code": 502, "latency_ms": 120.0,

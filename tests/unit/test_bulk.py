@@ -7,8 +7,8 @@ import random
 import orjson
 import pytest
 
-from ingest import bulk
-from ingest.bulk import Pending
+from ingest import bulk, records
+from ingest.records import Pending
 
 INDEX = "logs-holysheep.requests-default"
 
@@ -141,9 +141,9 @@ def test_ids_over_512_utf8_bytes_are_dead_letters_before_sending() -> None:
 
 
 def test_outcomes_of_parts_merge_into_one() -> None:
-    a = bulk.Outcome(shipped=[item(1), item(2)], conflicts=1, retry=[item(3)])
-    b = bulk.Outcome(dead=[bulk.DeadLetter(item(4), 400, "x", "y")], blocked="read-only")
-    merged = bulk.merge([a, b, bulk.Outcome()])
+    a = records.Outcome(shipped=[item(1), item(2)], conflicts=1, retry=[item(3)])
+    b = records.Outcome(dead=[records.DeadLetter(item(4), 400, "x", "y")], blocked="read-only")
+    merged = bulk.merge([a, b, records.Outcome()])
     assert [p.seq for p in merged.shipped] == [1, 2] and merged.conflicts == 1
     assert [p.seq for p in merged.retry] == [3] and [d.item.seq for d in merged.dead] == [4]
     assert merged.blocked == "read-only"

@@ -13,7 +13,6 @@ from pathlib import Path
 import orjson
 import pytest
 
-from ingest.enrich import Row
 from ingest.errors import StoreUnavailable
 from ingest.store import Store, index
 from ingest.store.durability import (
@@ -23,6 +22,7 @@ from ingest.store.durability import (
     Durability,
     ReadGate,
 )
+from ingest.testing import row as make_row
 from ingest.testing import wait_until
 
 
@@ -90,12 +90,11 @@ def test_a_failed_fsync_fails_the_writes_it_covered(tmp_path: Path,
         raise OSError(5, "Input/output error")
 
     doc = orjson.dumps({"id": "a"})
-    row = Row("a", 1, 1, None, None, None, None, None, None, None, None, None, None, None,
-              doc, doc)
+    one = make_row("a", received_at=1, ts=1, doc=doc)
     monkeypatch.setattr(os, "fdatasync", broken)
     try:
         with pytest.raises(StoreUnavailable, match="could not sync"):
-            asyncio.run(store.write([row]))
+            asyncio.run(store.write([one]))
     finally:
         monkeypatch.undo()
         store.close()
@@ -130,8 +129,8 @@ def test_the_wal_starts_over_under_continuous_writes(
     store.start()
     blob = b"x" * 4000
     count = 2500 if indexer == "quiet" else 6000
-    rows = [Row(f"e{n}", 1, 1, None, None, None, None, None, None, None, None, None, None,
-                None, blob, blob) for n in range(count)]  # 20 or 48 MB, far over the limit
+    # 20 or 48 MB, far over the limit
+    rows = [make_row(f"e{n}", received_at=1, ts=1, doc=blob) for n in range(count)]
     peak = [0]
 
     async def writer(first: int) -> None:

@@ -14,17 +14,16 @@ from ingest.enrich import (
     Draft,
     Enricher,
     LatencyBucket,
-    Row,
     assign_id,
     count_tokens,
     event_time,
-    iso_ms,
     stamp,
     status_tags,
     unpriced,
 )
 from ingest.events import derived_id, validate
 from ingest.prices import PriceBook, Rate
+from ingest.records import Row, iso_ms
 
 PROPS = settings(max_examples=200, deadline=None)
 RECEIVED = 1_700_000_100_000  # 2023-11-14T22:15:00Z

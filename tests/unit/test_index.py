@@ -10,12 +10,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from ingest.enrich import Row
 from ingest.errors import StoreUnavailable
-from ingest.reports import Query
+from ingest.records import Query, Row
 from ingest.store import DB_NAME, DEAD, Reader, Store, index, purge_dead
 from ingest.store.index import watermarks
 from ingest.store.schema import INDEX_NAME
+from ingest.testing import row as make_row
 from ingest.testing import wait_until
 
 NOW_MS = 1_700_000_000_000
@@ -26,8 +26,10 @@ def row(n: int, *, received_at: int = NOW_MS, user: str | None = "u", trace: str
         error: str | None = None) -> Row:
     event_id = f"e{n}"
     doc = orjson.dumps({"id": event_id, "user": user})
-    return Row(event_id, received_at, received_at + n, "gpt-4o", 500 if error else 200, 10.0 + n,
-               user, trace, error, 1, 2, 3, 0.5, 0.5, doc, doc)
+    return make_row(event_id, received_at=received_at, ts=received_at + n, model="gpt-4o",
+               status_code=500 if error else 200, latency_ms=10.0 + n, user_id=user,
+               trace_id=trace, error_message=error, prompt_tokens=1, completion_tokens=2,
+               tokens_used=3, cost_usd=0.5, computed_cost_usd=0.5, doc=doc)
 
 
 def open_store(path: Path, **kw: object) -> Store:

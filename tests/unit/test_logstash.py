@@ -10,10 +10,10 @@ import httpx
 import orjson
 import pytest
 
-from ingest import bulk
-from ingest.bulk import Pending
+from ingest import records
 from ingest.errors import ConfigError, SinkError, SinkRefused, SinkUnavailable
 from ingest.logstash import LogstashConnection, LogstashSink
+from ingest.records import Pending
 
 T = TypeVar("T")
 URL = "http://127.0.0.1:8081/"
@@ -28,8 +28,8 @@ def items(*ids: str) -> list[Pending]:
 
 
 def send(handler: Callable[[httpx.Request], httpx.Response], sent: list[Pending],
-         url: str = URL) -> bulk.Outcome:
-    async def scenario() -> bulk.Outcome:
+         url: str = URL) -> records.Outcome:
+    async def scenario() -> records.Outcome:
         sink = LogstashSink(LogstashConnection(url), transport=httpx.MockTransport(handler))
         try:
             [(batch, body)] = list(sink.chunks(sent, "ignored", 100, 10**6))

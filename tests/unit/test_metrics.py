@@ -5,16 +5,17 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ingest.bulk import DeadLetter, Outcome, Pending
-from ingest.enrich import Row
 from ingest.metrics import LATENCY_BUCKETS, Metrics, RelayTraffic
+from ingest.records import DeadLetter, Outcome, Pending, Row
+from ingest.testing import row as make_row
 
 
 def row(model: str | None = "gpt-4o", status: int | None = 200, latency: float | None = 120.0,
         prompt: int | None = 10, completion: int | None = 5, cost: float | None = 0.001,
         computed: float | None = 0.002) -> Row:
-    return Row("id", 0, 0, model, status, latency, None, None, None, prompt, completion,
-               None, cost, computed, b"{}", b"{}")
+    return make_row("id", model=model, status_code=status, latency_ms=latency, prompt_tokens=prompt,
+               completion_tokens=completion, cost_usd=cost, computed_cost_usd=computed,
+               doc=b"{}")
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:

@@ -14,7 +14,7 @@ from ingest import reports
 from ingest.enrich import Enricher
 from ingest.errors import ConfigError
 from ingest.prices import PriceBook, Rate
-from ingest.reports import Query
+from ingest.records import Query
 from ingest.store import Reader, Store
 
 DAY1 = 1_790_000_000_000 - 1_790_000_000_000 % 86_400_000  # a UTC midnight

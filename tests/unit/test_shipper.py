@@ -20,12 +20,12 @@ from typing import Any, TypeVar
 import orjson
 import pytest
 
-from ingest import bulk
-from ingest.bulk import Pending
-from ingest.enrich import Enricher, Row
+from ingest import bulk, records
+from ingest.enrich import Enricher
 from ingest.errors import SinkVersionMismatch
 from ingest.faults import BulkItem, FaultBulkServer
 from ingest.prices import PriceBook
+from ingest.records import Pending, Row
 from ingest.shipper import Shipper
 from ingest.sink import CLIENT_VERSION, Connection, ElasticsearchSink
 from ingest.store import PENDING, Reader, Store, purge_dead, requeue_dead
@@ -121,7 +121,7 @@ class Recording:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)  # check_version, chunks, close: the real ones
 
-    async def send(self, items: list[Pending], body: bytes) -> bulk.Outcome:
+    async def send(self, items: list[Pending], body: bytes) -> records.Outcome:
         self.bodies.append(body)
         return await self.inner.send(items, body)
 

@@ -24,14 +24,7 @@ from ingest.errors import (
     SignatureMismatch,
     StaleTimestamp,
 )
-from ingest.signing import (
-    HEADERS,
-    Secret,
-    sign,
-    sign_standard,
-    signed_headers,
-    verify,
-)
+from ingest.signing import HEADERS, Secret, sign, sign_standard, signed_headers, verify
 
 PROPS = settings(max_examples=200, deadline=None)
 NOW = 1_700_000_000

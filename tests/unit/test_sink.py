@@ -16,16 +16,10 @@ from typing import Any, TypeVar
 import orjson
 import pytest
 
-from ingest import bulk
-from ingest.bulk import Pending
-from ingest.errors import (
-    ConfigError,
-    SinkError,
-    SinkRefused,
-    SinkUnavailable,
-    SinkVersionMismatch,
-)
+from ingest import bulk, records
+from ingest.errors import ConfigError, SinkError, SinkRefused, SinkUnavailable, SinkVersionMismatch
 from ingest.faults import FaultBulkServer
+from ingest.records import Pending
 from ingest.sink import (
     CLIENT_MAJOR,
     CLIENT_VERSION,
@@ -187,7 +181,7 @@ def test_a_refusal_kept_in_the_failure_store_comes_back_as_a_dead_letter(
             Pending(2, "bad", orjson.dumps({"id": "bad", "latency_ms": "fast"}), b"{}")]
     body = b"".join(bulk.action(item, STREAM) for item in sent)
 
-    async def scenario() -> tuple[dict[str, Any], bulk.Outcome]:
+    async def scenario() -> tuple[dict[str, Any], records.Outcome]:
         sink = ElasticsearchSink(Connection(server.url))
         try:
             return await sink.bulk(body), await sink.send(sent, body)
@@ -209,7 +203,7 @@ def test_send_classifies_the_answer_item_by_item(server: FaultBulkServer) -> Non
     server.per_item_429({"busy"})
     sent = items("ok", "bad", "busy", "again")
 
-    async def scenario() -> bulk.Outcome:
+    async def scenario() -> records.Outcome:
         sink = ElasticsearchSink(Connection(server.url))
         try:
             await sink.bulk(body_of("again"))
@@ -230,8 +224,8 @@ def test_send_classifies_the_answer_item_by_item(server: FaultBulkServer) -> Non
 # -- a whole-request 400 ----------------------------------------------------------------------
 
 
-def send_all(server: FaultBulkServer, sent: list[Pending]) -> bulk.Outcome:
-    async def scenario() -> bulk.Outcome:
+def send_all(server: FaultBulkServer, sent: list[Pending]) -> records.Outcome:
+    async def scenario() -> records.Outcome:
         sink = ElasticsearchSink(Connection(server.url))
         try:
             [(batch, body)] = list(sink.chunks(sent, STREAM, 100, 10**7))

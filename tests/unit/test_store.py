@@ -9,12 +9,14 @@ import sqlite3
 import orjson
 import pytest
 
-from ingest.enrich import Enricher, Row
+from ingest.enrich import Enricher
 from ingest.errors import StoreFull, StoreUnavailable
 from ingest.events import validate
 from ingest.prices import PriceBook
-from ingest.store import DB_NAME, Invalid, Reader, Store
+from ingest.records import Invalid, Row
+from ingest.store import DB_NAME, Reader, Store
 from ingest.store.schema import SHIPPED
+from ingest.testing import row as make_row
 
 NOW_S = 1_700_000_000.0
 NOW_MS = int(NOW_S * 1000)
@@ -33,9 +35,11 @@ def row(event_id: str, *, received_at: int = NOW_MS, ts: int | None = None,
         user: str | None = None, trace: str | None = None, error: str | None = None,
         model: str | None = "gpt-4o") -> Row:
     doc = {"id": event_id, "model": model, "user": user, "trace": trace, "error": error}
-    return Row(event_id, received_at, received_at if ts is None else ts, model, 200, 12.5, user,
-               trace, error, 10, 5, 15, 0.001, 0.001, orjson.dumps(doc),
-               orjson.dumps({"id": event_id}))
+    return make_row(event_id, received_at=received_at, ts=received_at if ts is None else ts,
+               model=model, status_code=200, latency_ms=12.5, user_id=user, trace_id=trace,
+               error_message=error, prompt_tokens=10, completion_tokens=5, tokens_used=15,
+               cost_usd=0.001, computed_cost_usd=0.001, doc=orjson.dumps(doc),
+               raw=orjson.dumps({"id": event_id}))
 
 
 @pytest.fixture
@@ -627,3 +631,9 @@ def test_one_bad_job_does_not_fail_its_neighbours(store):
     assert isinstance(failed, StoreUnavailable)
     # The writer is still fine afterwards.
     assert write(store, [row("g3"), row("g1")]) == [True, False]
+
+
+def test_a_row_is_inserted_in_the_events_table_column_order():
+    from ingest.store.schema import EVENT_COLUMNS
+
+    assert Row._fields == EVENT_COLUMNS
