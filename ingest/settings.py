@@ -19,24 +19,15 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from ingest import durations
 from ingest.errors import ConfigError
 
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _TOKEN = re.compile(r"[\x21-\x7e]+")
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*", re.IGNORECASE)
 
 
 def parse_duration(value: Any) -> Any:
     """`30d`, `72h`, `15m`, `10s`, `500ms` or plain seconds -> timedelta."""
-    if isinstance(value, str):
-        match = _DURATION.fullmatch(value)
-        if not match:
-            raise ValueError("use a number with a unit: 500ms, 10s, 15m, 72h, 30d, 2w")
-        number, unit = match.groups()
-        return timedelta(seconds=float(number) * _UNITS[(unit or "s").lower()])
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return timedelta(seconds=value)
-    return value
+    return durations.coerce(value)
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
@@ -248,16 +239,7 @@ def shown_default(value: Any) -> str | None:
                 return f"{value // size}{unit}"
         return str(int(value))
     if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-        if seconds % 86400 == 0 and seconds >= 7 * 86400:
-            return f"{int(seconds // 86400)}d"
-        if seconds % 3600 == 0 and seconds >= 7200:
-            return f"{int(seconds // 3600)}h"
-        if seconds % 60 == 0 and seconds >= 600:
-            return f"{int(seconds // 60)}m"
-        if seconds == int(seconds):
-            return f"{int(seconds)}s"
-        return f"{round(seconds * 1000)}ms"
+        return durations.shown(value)
     if isinstance(value, bool):
         return str(value).lower()
     return str(value)

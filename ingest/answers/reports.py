@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import re
 from bisect import bisect_left
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from itertools import chain
 from typing import Any
 
+from ingest import durations
 from ingest.errors import ConfigError
 from ingest.receive.enrich import LatencyBucket
 from ingest.records import Query
@@ -18,15 +18,16 @@ PERCENTS = (50, 90, 95, 99)
 BUCKETS = (*(name for _, name in LatencyBucket().bounds), LatencyBucket().last)
 TOP_ERRORS = 3
 DEFAULT_SINCE = {"latency": "24h", "errors": "1h", "cost": "7d"}
-_RELATIVE = re.compile(r"(\d+)\s*(m|h|d|w)", re.IGNORECASE)
-_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_time(value: str, now: datetime) -> int:
     """`24h`, `7d`, `30m` (that long before now) or an ISO 8601 time -> unix ms."""
-    match = _RELATIVE.fullmatch(value.strip())
-    if match:
-        delta = timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2).lower()])
+    try:
+        # A bare number is no time: it must say its unit (or be an ISO 8601 year, say).
+        delta = durations.parse(value, unit_required=True)
+    except ValueError:
+        pass
+    else:
         return int((now - delta).timestamp() * 1000)
     try:
         parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))

@@ -11,7 +11,7 @@ from typing import Any
 
 from ingest.receive.body import derived_id, encode
 from ingest.receive.prices import PriceBook
-from ingest.records import Row, iso_ms
+from ingest.records import ERROR_STATUS, Row, iso_ms, status_class
 
 # Event times outside this range are typos or seconds-as-ms; they fall back to receive time.
 _MIN_MS = 946_684_800_000  # 2000-01-01
@@ -120,7 +120,7 @@ def status_tags(draft: Draft) -> Draft:
     if status is None:
         return draft
     doc["status_class"] = status_class(status)
-    if status >= 400:
+    if status >= ERROR_STATUS:
         tags = doc.get("tags")
         tags = list(tags) if isinstance(tags, list) else [] if tags is None else [tags]
         tags.append("error")
@@ -128,12 +128,6 @@ def status_tags(draft: Draft) -> Draft:
             tags.append("rate_limited")
         doc["tags"] = tags
     return draft
-
-
-@lru_cache(maxsize=1024)
-def status_class(status: int) -> str:
-    """`2xx`, `4xx`, `5xx`..., and `429` on its own."""
-    return "429" if status == 429 else f"{status // 100}xx"
 
 
 def count_tokens(draft: Draft) -> Draft:

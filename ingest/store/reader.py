@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from ingest.errors import StoreUnavailable
-from ingest.records import Pending, Query
+from ingest.records import ERROR_STATUS, Pending, Query
 from ingest.store.schema import (
     DB_NAME,
     DERIVED,
@@ -208,7 +208,8 @@ class Reader:
 
     def error_counts(self, q: Query) -> list[tuple[str | None, int, int]]:
         return [tuple(row) for row in self._summed(
-            q, "SELECT model, count(*) AS n, count(*) FILTER (WHERE status_code >= 400) AS e "
+            q, "SELECT model, count(*) AS n, "
+               f"count(*) FILTER (WHERE status_code >= {ERROR_STATUS}) AS e "
                "FROM {source} GROUP BY model",
             "SELECT model, sum(n), sum(e) FROM ({parts}) GROUP BY model")]
 
@@ -219,7 +220,7 @@ class Reader:
                    "GROUP BY model, error_message",
                 "SELECT model, error_message, sum(n) AS n FROM ({parts}) "
                 "GROUP BY model, error_message ORDER BY n DESC",
-                "status_code >= 400 AND error_message IS NOT NULL"):
+                f"status_code >= {ERROR_STATUS} AND error_message IS NOT NULL"):
             if len(found.setdefault(model, [])) < per_model:
                 found[model].append((message, count))
         return found
