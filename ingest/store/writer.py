@@ -15,15 +15,12 @@ from pathlib import Path
 
 from ingest.errors import StoreError, StoreFull, StoreUnavailable
 from ingest.records import Invalid, Row
-from ingest.store import index, opening, space
+from ingest.store import index, opening, retention, space
 from ingest.store.durability import Durability
 from ingest.store.schema import (
     CHUNKS,
     DB_NAME,
-    DEAD,
     INSERTS,
-    PENDING,
-    PRUNE_CHUNK,
     QUARANTINE,
     ROW_OVERHEAD,
 )
@@ -402,41 +399,11 @@ class Store:
         self._check_space(force=True)
 
     def prune(self, max_chunks: int | None = None) -> bool:
-        """Delete events and quarantined items older than the retention; True if more remain.
-
-        Rows are taken oldest first by sequence, which follows receive order: no index on
-        receive time is needed, which keeps every insert cheaper. With a sink, only shipped
-        and dead events expire, taken in order from their own index: unshipped ones at the
-        front (a sink down for longer than the retention) are stepped over, not stopped at.
-        """
-        conn = self._conn
-        assert conn is not None
-        cutoff = int(self.clock() * 1000) - self.retention_ms
-        settled = f" WHERE state != {PENDING}" if self.keep_pending else ""
-        chunks = 0
-        for table, key, among in (("events", "seq", settled), ("quarantine", "id", "")):
-            while True:
-                where = (f"{key} IN (SELECT {key} FROM {table}{among} ORDER BY {key} "
-                         f"LIMIT {PRUNE_CHUNK}) AND received_at < ?")
-                # One transaction a chunk: events and the keys their derived rows go by.
-                with conn:
-                    conn.execute("BEGIN IMMEDIATE")
-                    if table == "events":
-                        gone = index.forget(conn, where, (cutoff,))
-                    else:
-                        gone = conn.execute(f"DELETE FROM {table} WHERE {where}",
-                                            (cutoff,)).rowcount
-                chunks += 1
-                if gone < PRUNE_CHUNK:
-                    break
-                if max_chunks is not None and chunks >= max_chunks:
-                    return True
-        with conn:
-            conn.execute("DELETE FROM dead_letters WHERE seq NOT IN (SELECT seq FROM events "
-                         f"WHERE state = {DEAD})")
-            if self._indexer is not None:
-                index.drop_forgotten(conn, self._indexer.forgotten)
-        return False
+        """Delete events and quarantined items older than the retention; True if more remain
+        (see `retention.prune`)."""
+        assert self._conn is not None
+        return retention.prune(self._conn, int(self.clock() * 1000) - self.retention_ms,
+                               self.keep_pending, self._indexer, max_chunks)
 
     def _index_bytes(self) -> int:
         """The derived tables' file and its WAL: disk the store takes all the same."""
