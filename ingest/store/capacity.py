@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ingest.errors import StoreFull, StoreUnavailable
 from ingest.store import space
+from ingest.store.options import Budget
 from ingest.store.schema import INDEX_NAME
 
 log = logging.getLogger("ingest.store")
@@ -25,18 +26,17 @@ CHECK_EVERY_S = 0.5
 
 
 class Capacity:
-    """Whether the store at `path` takes writes, under `max_bytes` and `min_free_bytes`.
+    """Whether the store at `path` takes writes, within `budget`.
 
     `pause(disk_short)` is told on every change of state, so the derived tables can wait while
     the disk they would take is the WAL checkpoint's.
     """
 
-    def __init__(self, path: Path, *, max_bytes: int, min_free_bytes: int,
-                 disk_free: Callable[[Path], int], pause: Callable[[bool], None]) -> None:
+    def __init__(self, path: Path, budget: Budget, *, disk_free: Callable[[Path], int],
+                 pause: Callable[[bool], None]) -> None:
         self.path = path
         self.index_path = path.parent / INDEX_NAME
-        self.max_bytes = max_bytes
-        self.min_free_bytes = min_free_bytes
+        self.budget = budget
         self.disk_free = disk_free
         self._pause = pause
         self.full_reason: str | None = None
@@ -91,9 +91,9 @@ class Capacity:
             return f"cannot measure the store: {exc}"
         self.space = measured
         # Rows written count down from it (`spent`).
-        self._room = space.room(measured, self.max_bytes, self.min_free_bytes)
-        short = space.short_of_disk(measured, self.min_free_bytes)
-        self.set_full(space.over_limit(measured, self.max_bytes) or short,
+        self._room = space.room(measured, self.budget.max_bytes, self.budget.min_free_bytes)
+        short = space.short_of_disk(measured, self.budget.min_free_bytes)
+        self.set_full(space.over_limit(measured, self.budget.max_bytes) or short,
                       disk=short is not None)
         return None
 

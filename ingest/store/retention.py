@@ -5,19 +5,22 @@ from __future__ import annotations
 import sqlite3
 
 from ingest.store import index
+from ingest.store.options import Retention
 from ingest.store.schema import DEAD, PENDING, PRUNE_CHUNK
 
 
-def prune(conn: sqlite3.Connection, cutoff_ms: int, keep_pending: bool,
+def prune(conn: sqlite3.Connection, settings: Retention, now_ms: int,
           indexer: index.Indexer | None, max_chunks: int | None = None) -> bool:
-    """Delete what was received before `cutoff_ms`; True if more remain after `max_chunks`.
+    """Delete what was received over the retention before `now_ms`; True if more remain
+    after `max_chunks`.
 
     Rows are taken oldest first by sequence, which follows receive order: no index on
     receive time is needed, which keeps every insert cheaper. With `keep_pending` (a sink),
     only shipped and dead events expire, taken in order from their own index: unshipped ones
     at the front (a sink down for longer than the retention) are stepped over, not stopped at.
     """
-    settled = f" WHERE state != {PENDING}" if keep_pending else ""
+    cutoff_ms = now_ms - settings.retention_ms
+    settled = f" WHERE state != {PENDING}" if settings.keep_pending else ""
     chunks = 0
     for table, key, among in (("events", "seq", settled), ("quarantine", "id", "")):
         while True:

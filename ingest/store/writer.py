@@ -17,6 +17,7 @@ from ingest.errors import StoreError, StoreFull, StoreUnavailable
 from ingest.records import Invalid, Row
 from ingest.store import capacity, index, opening, retention, space
 from ingest.store.durability import Durability
+from ingest.store.options import Background, Budget, Retention
 from ingest.store.schema import (
     CHUNKS,
     DB_NAME,
@@ -56,34 +57,22 @@ class Store:
         data_dir: Path,
         *,
         sync: str = "full",
-        max_bytes: int = 10 << 30,
-        min_free_bytes: int = 100 << 20,
-        retention_ms: int = 30 * 86_400_000,
+        budget: Budget = Budget(),
+        retention: Retention = Retention(),
+        background: Background = Background(),
         housekeeping_s: float = 30.0,
-        keep_pending: bool = False,
-        index_batch: int = 1500,
-        index_delay_s: float = 1.0,
-        checkpoint_every_s: float = 1.0,
-        wal_limit_bytes: int = 64 << 20,
         clock: Callable[[], float] = time.time,
         disk_free: Callable[[Path], int] = space.free_disk,
     ) -> None:
-        """`index_batch`, `index_delay_s`: the indexer thread fills the derived tables once
-        this many events wait, or this long after its last round. `wal_limit_bytes`: the
-        size a WAL grown by a burst is cut back to when it starts over."""
+        """`sync`: "full" fsyncs each commit group before answering, "normal" survives
+        crashes only. `housekeeping_s`: how often retention and the capacity check run."""
         self.path = Path(data_dir) / DB_NAME
-        # With a sink, retention never deletes what has not been shipped yet.
-        self.keep_pending = keep_pending
         self.sync = sync
-        self.retention_ms = retention_ms
+        self.retention = retention
+        self.background = background
         self.housekeeping_s = housekeeping_s
         self.clock = clock
-        self.index_batch = index_batch
-        self.index_delay_s = index_delay_s
-        self.checkpoint_every_s = checkpoint_every_s
-        self.wal_limit_bytes = wal_limit_bytes
-        self.capacity = capacity.Capacity(self.path, max_bytes=max_bytes,
-                                          min_free_bytes=min_free_bytes, disk_free=disk_free,
+        self.capacity = capacity.Capacity(self.path, budget, disk_free=disk_free,
                                           pause=self._pause_indexer)
         self.last_error: str | None = None
         self._conn: sqlite3.Connection | None = None
@@ -142,11 +131,12 @@ class Store:
         """Raises StoreFull when opening needed a write the disk had no room for."""
         conn: sqlite3.Connection | None = None
         try:
-            conn = opening.open_writer(self.path, self.wal_limit_bytes)
+            background = self.background
+            conn = opening.open_writer(self.path, background.wal_limit_bytes)
             self._durability = Durability(self.path, full=self.sync == "full",
-                                          checkpoint_every_s=self.checkpoint_every_s)
-            self._indexer = index.Indexer(self.path.parent, batch=self.index_batch,
-                                          delay_s=self.index_delay_s,
+                                          checkpoint_every_s=background.checkpoint_every_s)
+            self._indexer = index.Indexer(self.path.parent, batch=background.index_batch,
+                                          delay_s=background.index_delay_s,
                                           readers=self._durability.readers)
         except (sqlite3.Error, OSError) as exc:
             self._stop_indexer()
@@ -402,8 +392,8 @@ class Store:
         """Delete events and quarantined items older than the retention; True if more remain
         (see `retention.prune`)."""
         assert self._conn is not None
-        return retention.prune(self._conn, int(self.clock() * 1000) - self.retention_ms,
-                               self.keep_pending, self._indexer, max_chunks)
+        return retention.prune(self._conn, self.retention, int(self.clock() * 1000),
+                               self._indexer, max_chunks)
 
     def _check_space(self, force: bool = False) -> None:
         self._measured(self.capacity.check(self._conn, force))
