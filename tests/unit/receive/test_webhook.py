@@ -102,14 +102,6 @@ class Harness:
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "data", min_free_bytes=0)
-    s.start()
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def hook(store) -> Harness:
     return Harness(store)
 
