@@ -66,11 +66,12 @@ def build_store(settings: Settings, clock: Callable[[], float] = time.time) -> S
 
 
 class StoreGauges:
-    """Values for the store gauges. Counts are refreshed off the event loop every 10 s (on a
-    large store they take a while); the shipping lag is one index lookup, read at scrape."""
+    """Values for the store gauges. Counts are refreshed off the event loop every `refresh_s`
+    (on a large store they take a while); the shipping lag is one index lookup, read at scrape."""
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(self, clock: Callable[[], float], refresh_s: float = 10.0) -> None:
         self.clock = clock
+        self.refresh_s = refresh_s
         self.reader: Reader | None = None
         self._counter: Reader | None = None
         self.shipping = False
@@ -97,7 +98,7 @@ class StoreGauges:
         while self._counter is not None:
             with contextlib.suppress(StoreError):
                 self._cached = dict(await asyncio.to_thread(self._counts, self._counter))
-            await asyncio.sleep(10)
+            await asyncio.sleep(self.refresh_s)
 
     @staticmethod
     def _counts(reader: Reader) -> dict[str, int]:
@@ -212,10 +213,12 @@ def create_app(
     prices: PriceBook | None = None,
     clock: Callable[[], float] = time.time,
     relay_transport: httpx.AsyncBaseTransport | None = None,
+    gauge_refresh_s: float = 10.0,
 ) -> FastAPI:
     """The receiver; the store opens on startup and drains on shutdown.
 
-    `relay_transport` replaces the network for the relay's usage endpoint (tests)."""
+    `relay_transport` replaces the network for the relay's usage endpoint (tests);
+    `gauge_refresh_s` is how often the store's counts are refreshed for /metrics."""
     secrets = settings.secrets()
     metrics = metrics or Metrics()
     prices = prices or PriceBook.from_file(settings.price_file)
@@ -264,7 +267,7 @@ def create_app(
             store.close()
             log.info("store closed")
 
-    gauges = StoreGauges(clock)
+    gauges = StoreGauges(clock, gauge_refresh_s)
     metrics.watch_store(gauges.read)
     quota = None
     if settings.relay_usage_url:  # without a usage endpoint there is no quota to show

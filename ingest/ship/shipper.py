@@ -7,7 +7,7 @@ import heapq
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -63,7 +63,11 @@ class Shipper:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         on_bulk: Callable[[Outcome | None, float], None] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        # `clock` stamps what is recorded; `monotonic` and `sleep` pace backoffs and polls
+        # (a test passes virtual ones, so backoff is checked without waiting for it).
         self.store = store
         self.reader = reader
         self.sink = sink
@@ -77,6 +81,8 @@ class Shipper:
         self.clock = clock
         self.rng = rng or random.Random()
         self.on_bulk = on_bulk
+        self.monotonic = monotonic
+        self.sleep = sleep
         self.stats = Stats()
         self.status = "starting"
         self.paused: str | None = None
@@ -99,7 +105,7 @@ class Shipper:
         try:
             while True:
                 if not await self._ship_some():
-                    await asyncio.sleep(self._idle_delay())
+                    await self.sleep(self._idle_delay())
         finally:
             for task in self._tasks:
                 task.cancel()
@@ -111,7 +117,7 @@ class Shipper:
         instead of waiting, paused, for its cause to be fixed.
         """
         await self._connect(give_up_on_refusal)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else self.monotonic() + timeout
         while True:
             if give_up_on_refusal and self.refused is not None and not self._tasks:
                 # One-shot runs stop on a refusal (credentials, a missing index) with its reason.
@@ -121,10 +127,10 @@ class Shipper:
                 self._rewind()
                 if not self.reader.pending(self._cursor, 1):
                     return
-            if deadline is not None and time.monotonic() > deadline:
+            if deadline is not None and self.monotonic() > deadline:
                 raise TimeoutError("events still pending when the time ran out")
             if not progressed:
-                await asyncio.sleep(self._idle_delay())
+                await self.sleep(self._idle_delay())
 
     async def _connect(self, give_up_on_refusal: bool = False) -> None:
         attempt = 0
@@ -150,11 +156,11 @@ class Shipper:
                 log.warning("Elasticsearch not reachable (%s); retrying in %.1fs", exc.message,
                             delay)
                 attempt += 1
-                await asyncio.sleep(max(delay, 0.05))
+                await self.sleep(max(delay, 0.05))
 
     def _idle_delay(self) -> float:
         if self._retry:
-            return max(0.01, min(self.idle_poll, self._retry[0][0] - time.monotonic()))
+            return max(0.01, min(self.idle_poll, self._retry[0][0] - self.monotonic()))
         return self.idle_poll
 
     async def _ship_some(self) -> bool:
@@ -180,7 +186,7 @@ class Shipper:
             log.error("shipping task failed: %r", task.exception())
 
     def _take(self) -> list[Pending]:
-        now = time.monotonic()
+        now = self.monotonic()
         taken: list[Pending] = []
         while self._retry and self._retry[0][0] <= now and len(taken) < self.batch_docs:
             taken.append(heapq.heappop(self._retry)[2])
@@ -204,7 +210,7 @@ class Shipper:
             self._cursor = first - 1
 
     async def _send(self, items: list[Pending], body: bytes) -> None:
-        started = time.monotonic()
+        started = self.monotonic()
         self.stats.bulk_requests += 1
         outcome: Outcome | None = None
         try:
@@ -216,7 +222,7 @@ class Shipper:
         else:
             await self._finish(outcome)
         if self.on_bulk:
-            self.on_bulk(outcome, time.monotonic() - started)
+            self.on_bulk(outcome, self.monotonic() - started)
 
     async def _refused(self, items: list[Pending], exc: SinkRefused) -> None:
         if exc.status == 413 and len(items) > 1:
@@ -239,7 +245,7 @@ class Shipper:
         self._retry_later([bulk.again(item) for item in items])
 
     def _retry_later(self, items: list[Pending], immediately: bool = False) -> None:
-        now = time.monotonic()
+        now = self.monotonic()
         for item in items:
             delay = 0.0 if immediately else bulk.backoff(
                 item.attempts, self.backoff_initial, self.backoff_max, self.rng)

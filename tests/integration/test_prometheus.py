@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -15,7 +17,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from receiver import ReceiverProcess, free_port
 
+from ingest.app import WEBHOOK_PATH, create_app
 from ingest.sender import request_for
+from ingest.settings import Settings
 from ingest.testing import SECRET
 
 pytestmark = pytest.mark.integration
@@ -139,15 +143,41 @@ def test_a_real_prometheus_scrapes_the_receiver(receiver: ReceiverProcess,
         log.close()
 
 
-def test_store_gauges_follow_the_store(receiver: ReceiverProcess) -> None:
-    from receiver import wait_until
+def test_store_gauges_follow_the_store(tmp_path: Path) -> None:
+    """In process, with a short refresh: the counts are taken off the event loop every
+    `gauge_refresh_s` (10 s in a receiver), so they follow the store within a few turns."""
+    settings = Settings(webhook_secret=SECRET, data_dir=tmp_path / "data",
+                        min_free_disk_bytes=0)
+    app = create_app(settings, gauge_refresh_s=0.05)
 
-    def pending() -> float | None:
-        got = samples(httpx.get(receiver.url + "/metrics").text)
-        return got.get(("ingest_store_events", (("state", "pending"),)))
+    async def scenario() -> tuple[list[float | None], dict[Any, float]]:
+        seen: list[float | None] = []
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://receiver.test") as c:
 
-    # Counted off the event loop every 10 s: the six distinct events show up within one turn.
-    wait_until(lambda: pending() == 6, 25, "ingest_store_events to count the stored events")
-    got = samples(httpx.get(receiver.url + "/metrics").text)
+            async def pending_becomes(count: float) -> dict[Any, float]:
+                # The counting thread reports through the loop: polled, bounded by a deadline
+                # far shorter than the 10 s default (a refresh that ignored the setting fails).
+                deadline = asyncio.get_running_loop().time() + 3
+                while True:
+                    got = samples((await c.get("/metrics")).text)
+                    seen.append(got.get(("ingest_store_events", (("state", "pending"),))))
+                    if seen[-1] == count:
+                        return got
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise AssertionError(f"pending stayed {seen[-1]}, not {count}")
+                    await asyncio.sleep(0.01)
+
+            await pending_becomes(0)
+            for start in (0, 3):
+                body, headers = request_for([orjson.dumps(e) for e in MIX[start:start + 3]],
+                                            SECRET)
+                assert (await c.post(WEBHOOK_PATH, content=body,
+                                     headers=headers)).status_code == 202
+            got = await pending_becomes(6)
+        return seen, got
+
+    seen, got = asyncio.run(asyncio.wait_for(scenario(), 20))
+    assert seen.index(0) < seen.index(6)  # counted before the posts, then after them
     assert got[("ingest_store_events", (("state", "dead"),))] == 0
     assert ("ingest_shipping_lag_seconds", ()) not in got  # no sink configured, no lag

@@ -65,13 +65,19 @@ def test_commits_during_an_fsync_share_the_next_one(tmp_path: Path,
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
-        durability.committed(loop, lambda e: done.append("a"))
-        durability.committed(loop, lambda e: done.append("b"))  # waits: one fsync at a time
-        durability.committed(loop, lambda e: done.append("c"))
+        all_done = asyncio.Event()  # the callbacks run on the loop, once the fsync returned
+
+        def record(name: str) -> None:
+            done.append(name)
+            if len(done) == 3:
+                all_done.set()
+
+        durability.committed(loop, lambda e: record("a"))
+        durability.committed(loop, lambda e: record("b"))  # waits: one fsync at a time
+        durability.committed(loop, lambda e: record("c"))
         assert done == [] and len(calls) <= 1
         release.set()
-        while len(done) < 3:
-            await asyncio.sleep(0.001)  # the fsync thread reports through the loop; bounded
+        await all_done.wait()
 
     try:
         asyncio.run(asyncio.wait_for(run(), 10))

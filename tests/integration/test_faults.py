@@ -27,6 +27,8 @@ from faults import BulkItem, FaultBulkServer
 
 from ingest.ship.bulk import FILTER_PATH as SINK_FILTER
 
+pytestmark = pytest.mark.integration
+
 T = TypeVar("T")
 STREAM = "logs-holysheep.requests-default"
 WRITE_BLOCK = f"index [{STREAM}] blocked by: [FORBIDDEN/8/index write (api)];"
