@@ -119,13 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
     send.set_defaults(func=cmd_send)
 
     search = sub.add_parser(
-        "search", help="find stored events by id, user, trace id or error text",
+        "search", help="find stored events by id, user, trace id, error text, model, status",
         description="Search the embedded store, newest first; every filter given must match. "
         "Exits 1 when nothing matches.")
     search.add_argument("--id", dest="event_id", help="event id (exact)")
     search.add_argument("--user", help="user_metadata.user_id (exact)")
     search.add_argument("--trace", help="user_metadata.trace_id (exact)")
     search.add_argument("--text", help="substring of error.message, case-insensitive")
+    search.add_argument("--model", help="model (exact)")
+    search.add_argument("--status", metavar="CLASS", help="status class: 2xx, 4xx, 5xx, ...")
+    search.add_argument("--since", help="event time from: relative (30m, 24h, 7d) or ISO 8601")
+    search.add_argument("--until", help="event time before: relative or ISO 8601")
     search.add_argument("--limit", type=_positive, default=20, help="at most this many (20)")
     search.add_argument("--json", action="store_true", help="JSON lines of stored documents")
     _backend(search)
@@ -302,13 +306,12 @@ def webhook_url(url: str) -> str:
     return url
 
 
-async def _search_es(settings: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+async def _search_es(settings: Any, s: Any) -> list[dict[str, Any]]:
     from ingest import reports
     from ingest.sink import ElasticsearchSink, connection
 
-    body = reports.search_body(args.event_id, args.user, args.trace, args.text, args.limit)
     async with ElasticsearchSink(connection(settings)) as sink:
-        answer = await sink.search(settings.data_stream, body)
+        answer = await sink.search(settings.data_stream, s.body())
     return reports.search_hits(answer)
 
 
@@ -319,13 +322,20 @@ def _reader(data_dir: Path | None) -> Reader:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from ingest import reports
+
     settings = load(data_dir=args.data_dir)
+    s = reports.search_query(event_id=args.event_id, user=args.user, trace=args.trace,
+                             text=args.text, model=args.model, status=args.status,
+                             since=args.since, until=args.until, limit=args.limit,
+                             now=datetime.now(UTC))
     if use_elasticsearch(args.backend, settings.elasticsearch_url):
-        docs = asyncio.run(_search_es(settings, args))
+        docs = asyncio.run(_search_es(settings, s))
     else:
         with _reader(args.data_dir) as reader:
-            docs = reader.search(event_id=args.event_id, user=args.user, trace=args.trace,
-                                 text=args.text, limit=args.limit)
+            docs = reports.search(reader, s)
     if not docs:
         print("no stored event matches", file=sys.stderr)
         return 1

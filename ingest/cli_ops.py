@@ -8,16 +8,13 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from ingest.cli import _listing, _reader, use_elasticsearch
 from ingest.errors import ConfigError
 from ingest.settings import load
-
-if TYPE_CHECKING:
-    from ingest.store import Reader
 
 REPORT_HELP = """\
 The questions, answered the same way from the embedded store or from Elasticsearch:
@@ -210,7 +207,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         result = asyncio.run(_report_es(settings, args.question, q, args.by))
     else:
         with _reader(args.data_dir) as reader:
-            result = _report_store(reader, args.question, q, args.by)
+            result = reports.answer(args.question, q, args.by, reader)
     if args.json:
         sys.stdout.buffer.write(orjson.dumps(result) + b"\n")
         return 0
@@ -224,17 +221,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     render(result)
     return 0
-
-
-def _report_store(reader: Reader, question: str, q: Any, by: str) -> dict[str, Any]:
-    from ingest import reports
-
-    if question == "latency":
-        return reports.latency_result(q, reader.latencies(q), "exact")
-    if question == "errors":
-        return reports.errors_result(q, reader.error_counts(q),
-                                     reader.top_errors(q, reports.TOP_ERRORS))
-    return reports.cost_result(q, by, reader.cost(q, by))
 
 
 async def _report_es(settings: Any, question: str, q: Any, by: str) -> dict[str, Any]:

@@ -8,13 +8,17 @@ import math
 import re
 from bisect import bisect_left
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ingest.enrich import LatencyBucket
 from ingest.errors import ConfigError
 from ingest.records import Query, iso_ms
+
+if TYPE_CHECKING:
+    from ingest.store import Reader
 
 PERCENTS = (50, 90, 95, 99)
 BUCKETS = (*(name for _, name in LatencyBucket().bounds), LatencyBucket().last)
@@ -240,13 +244,23 @@ def _latency_from_es(q: Query, aggs: dict[str, Any]) -> dict[str, Any]:
 
 
 def search_body(event_id: str | None, user: str | None, trace: str | None, text: str | None,
-                limit: int) -> dict[str, Any]:
+                limit: int, *, model: str | None = None, status: tuple[int, int] | None = None,
+                since_ms: int | None = None, until_ms: int | None = None) -> dict[str, Any]:
     """The Elasticsearch side of `search`: every filter given must match, newest first."""
     filters: list[dict[str, Any]] = []
     for field, value in (("id", event_id), ("user_metadata.user_id", user),
-                         ("user_metadata.trace_id", trace)):
+                         ("user_metadata.trace_id", trace), ("model", model)):
         if value is not None:
             filters.append({"term": {field: value}})
+    if status is not None:
+        filters.append({"range": {"status_code": {"gte": status[0], "lt": status[1]}}})
+    if since_ms is not None or until_ms is not None:
+        bounds: dict[str, Any] = {"format": "epoch_millis"}
+        if since_ms is not None:
+            bounds["gte"] = since_ms
+        if until_ms is not None:
+            bounds["lt"] = until_ms
+        filters.append({"range": {"@timestamp": bounds}})
     must = [{"match_phrase": {"error.message": text}}] if text else []
     # One hit per event id: a copy re-sent after a rollover sits in another backing index.
     return {"size": limit, "sort": [{"@timestamp": "desc"}], "collapse": {"field": "id"},
@@ -264,3 +278,75 @@ def search_hits(response: dict[str, Any]) -> list[dict[str, Any]]:
             seen.add(key)
             found.append(source)
     return found
+
+
+# One entry point per question for every caller (CLI, dashboard API) ---------------------------
+def answer(question: str, q: Query, by: str, reader: Reader) -> dict[str, Any]:
+    """`question` answered from the embedded store: what `report --json` prints."""
+    if question == "latency":
+        return latency_result(q, reader.latencies(q), "exact")
+    if question == "errors":
+        return errors_result(q, reader.error_counts(q), reader.top_errors(q, TOP_ERRORS))
+    if question == "cost":
+        if by not in COST_BY:
+            raise ConfigError(f"by: {by!r} is not one of {', '.join(COST_BY)}")
+        return cost_result(q, by, reader.cost(q, by))
+    raise ConfigError(f"{question!r} is not a question: ask {', '.join(DEFAULT_SINCE)}")
+
+
+COST_BY = ("day", "model", "user")
+_STATUS_CLASS = re.compile(r"([1-5])xx", re.IGNORECASE)
+
+
+def status_range(value: str | None) -> tuple[int, int] | None:
+    """`4xx` -> (400, 500): the status codes of a class, the end excluded."""
+    if value is None:
+        return None
+    match = _STATUS_CLASS.fullmatch(value.strip())
+    if not match:
+        raise ConfigError(f"status {value!r}: use a class, 1xx to 5xx")
+    low = int(match.group(1)) * 100
+    return low, low + 100
+
+
+@dataclass(frozen=True)
+class Search:
+    """The filters of `search`; None means not given (no window at all by default)."""
+
+    event_id: str | None = None
+    user: str | None = None
+    trace: str | None = None
+    text: str | None = None
+    model: str | None = None
+    status: tuple[int, int] | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+    limit: int = 20
+
+    def body(self) -> dict[str, Any]:
+        """The Elasticsearch request for these filters."""
+        return search_body(self.event_id, self.user, self.trace, self.text, self.limit,
+                           model=self.model, status=self.status, since_ms=self.since_ms,
+                           until_ms=self.until_ms)
+
+
+def search_query(*, event_id: str | None = None, user: str | None = None,
+                 trace: str | None = None, text: str | None = None, model: str | None = None,
+                 status: str | None = None, since: str | None = None, until: str | None = None,
+                 limit: int = 20, now: datetime) -> Search:
+    """`search`'s filters from what a user typed: status classes and times parsed, checked."""
+    if limit < 1:
+        raise ConfigError("limit must be 1 or more")
+    start = parse_time(since, now) if since else None
+    end = parse_time(until, now) if until else None
+    if start is not None and end is not None and start >= end:
+        raise ConfigError("since must be before until")
+    return Search(event_id or None, user or None, trace or None, text or None, model or None,
+                  status_range(status or None), start, end, limit)
+
+
+def search(reader: Reader, s: Search) -> list[dict[str, Any]]:
+    """Stored documents matching `s`, newest first: what `search --json` prints."""
+    return reader.search(event_id=s.event_id, user=s.user, trace=s.trace, text=s.text,
+                         model=s.model, status=s.status, since_ms=s.since_ms,
+                         until_ms=s.until_ms, limit=s.limit)

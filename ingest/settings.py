@@ -42,6 +42,7 @@ def parse_duration(value: Any) -> Any:
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 # A JSON field, or a dotted path into nested objects (`data.remaining`; a number picks a list item).
 _FIELD_PATH = re.compile(r"[^.\s]+(\.[^.\s]+)*")
+UI_TOKEN_MIN = 16
 NO_SECRET = (
     "no webhook secret is set. Set INGEST_WEBHOOK_SECRET to the secret configured on the "
     "HolySheep relay (several, comma-separated, while rotating), for example:\n"
@@ -116,6 +117,12 @@ class Settings(BaseSettings):
     relay_usage_remaining_field: str = "remaining"
     relay_usage_total_field: str = "total"
 
+    # The built-in dashboard and its JSON API (`ingest.ui`).
+    ui: bool = Field(default=True, description="serve /ui/ and /api/v1/; off disables both")
+    ui_token: SecretStr | None = Field(
+        default=None, description="bearer token for /ui/ and /api/v1/; required when "
+        "INGEST_HOST is beyond loopback")
+
     @field_validator("webhook_secret", mode="before")
     @classmethod
     def _split_secrets(cls, value: Any) -> Any:
@@ -133,7 +140,7 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 10ms")
         return value
 
-    @field_validator("relay_usage_url", "relay_api_key", mode="before")
+    @field_validator("relay_usage_url", "relay_api_key", "ui_token", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         # `KEY=` in an env file or compose's `${KEY:-}` means "not set", not "empty".
@@ -152,13 +159,21 @@ class Settings(BaseSettings):
                              "https://relay.example/v1/usage")
         return value
 
-    @field_validator("relay_api_key")
+    @field_validator("relay_api_key", "ui_token")
     @classmethod
     def _header_safe(cls, value: SecretStr | None) -> SecretStr | None:
         # Sent in a header: whitespace or control characters would break or split it. The
         # message never repeats the value.
         if value is not None and not _TOKEN.fullmatch(value.get_secret_value()):
             raise ValueError("must be one token of printable characters, without spaces")
+        return value
+
+    @field_validator("ui_token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < UI_TOKEN_MIN:
+            raise ValueError(f"must be at least {UI_TOKEN_MIN} characters (a random one: "
+                             "python -c 'import secrets; print(secrets.token_urlsafe(32))')")
         return value
 
     @field_validator("relay_usage_remaining_field", "relay_usage_total_field")

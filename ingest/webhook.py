@@ -13,6 +13,8 @@ import orjson
 from ingest import events
 from ingest.enrich import Enricher, unpriced
 from ingest.errors import (
+    AccessDenied,
+    ConfigError,
     EventInvalid,
     IngestError,
     MalformedPayload,
@@ -42,6 +44,9 @@ _STATUS: tuple[tuple[type[IngestError], int, str], ...] = (
     (MalformedPayload, 400, "malformed"),
     (EventInvalid, 422, "quarantined"),
     (StoreError, 503, "overloaded"),
+    # Only the dashboard's API raises these; they never reach the webhook.
+    (ConfigError, 400, "bad_request"),
+    (AccessDenied, 401, "unauthorized"),
 )
 _INTERNAL = orjson.dumps({"error": "internal_error",
                           "message": "the receiver failed on this request; it is logged"})

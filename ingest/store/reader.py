@@ -72,15 +72,26 @@ class Reader:
 
     def search(self, *, event_id: str | None = None, user: str | None = None,
                trace: str | None = None, text: str | None = None,
+               model: str | None = None, status: tuple[int, int] | None = None,
+               since_ms: int | None = None, until_ms: int | None = None,
                limit: int = 20) -> list[dict[str, Any]]:
-        """Newest first; every given filter must match; text is a case-insensitive substring.
+        """Newest first; every given filter must match; text is a case-insensitive substring,
+        `status` a range of status codes (`until_ms` and the range's end excluded).
 
         The derived table that fits the filters gives the indexed events, a scan of the
         tail the rest (see `ingest.store.index`), both read in one snapshot.
         """
         match: list[tuple[str, Any]] = [
             (f"e.{column} = ?", value) for column, value in
-            (("event_id", event_id), ("user_id", user), ("trace_id", trace)) if value is not None]
+            (("event_id", event_id), ("user_id", user), ("trace_id", trace), ("model", model))
+            if value is not None]
+        if status is not None:
+            match += [("e.status_code >= ?", status[0]), ("e.status_code < ?", status[1])]
+
+        def window_on(alias: str) -> list[tuple[str, Any]]:
+            # On the derived table's own `ts` where it has one: its key orders by it.
+            return [(f"{alias}.ts {op} ?", bound) for op, bound in
+                    ((">=", since_ms), ("<", until_ms)) if bound is not None]
 
         def text_on(alias: str) -> list[tuple[str, Any]]:
             # SQLite's LIKE folds only ASCII case; error texts come in every language.
@@ -90,20 +101,21 @@ class Reader:
         select = "SELECT e.doc, e.state, e.ts, e.seq FROM "
         newest = " ORDER BY e.ts DESC, e.seq DESC LIMIT ?"
         if event_id is not None:  # its index is kept with every commit: no tail to add
-            sql, args = _where([*match, *text_on("e")])
+            sql, args = _where([*match, *window_on("e"), *text_on("e")])
             return self._docs(self._query(select + "events e" + sql + newest, [*args, limit]))
         if trace is not None:
             derived, order = "by_trace", newest
-            indexed = [("d.trace_id = ?", trace), *match, *text_on("e")]
+            indexed = [("d.trace_id = ?", trace), *match, *window_on("e"), *text_on("e")]
         elif user is not None:
             derived, order = "by_user", " ORDER BY d.ts DESC, d.seq DESC LIMIT ?"
-            indexed = [("d.user_id = ?", user), *match, *text_on("e")]
-        else:  # newest first straight off the time-ordered facts, which hold the error text
+            indexed = [("d.user_id = ?", user), *match, *window_on("d"), *text_on("e")]
+        else:  # newest first straight off the time-ordered facts, which hold every column here
             derived, order = "facts", " ORDER BY d.ts DESC, d.seq DESC LIMIT ?"
-            indexed = text_on("d")
+            indexed = [(sql.replace("e.", "d.", 1), arg) for sql, arg in match] \
+                + window_on("d") + text_on("d")
         indexed_sql, indexed_args = _where(indexed)
         tail_sql, tail_args = _where([(f"e.seq > {watermark(derived)}", None),
-                                      *match, *text_on("e")])
+                                      *match, *window_on("e"), *text_on("e")])
         with self._snapshot():
             rows = self._query(f"{select}ix.{derived} d JOIN events e ON e.seq = d.seq"
                                f"{indexed_sql}{order}", [*indexed_args, limit])

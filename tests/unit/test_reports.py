@@ -349,3 +349,68 @@ def test_search_collapses_on_the_event_id_and_keeps_each_id_once() -> None:
     response = {"hits": {"total": {"value": 3}, "hits": [copy_b, other, copy_a]}}
     assert reports.search_hits(response) == [{"id": "dup", "model": "m-a"}, {"id": "e2"}]
     assert reports.search_hits({}) == []
+
+
+def ids(docs: list[dict[str, Any]]) -> list[str]:
+    return [doc["id"] for doc in docs]
+
+
+def test_search_by_model_status_class_and_window(reader: Reader) -> None:
+    now = datetime.fromtimestamp(DAY1 / 1000 + 3 * 86400, UTC)
+
+    def found(**filters: Any) -> list[str]:
+        return ids(reports.search(reader, reports.search_query(now=now, **{"limit": 50,
+                                                                          **filters})))
+
+    assert found(model="m-b") == ["e6", "e5"]
+    assert found(status="4xx") == ["e6", "e5"]
+    assert found(status="5xx") == ["e4"]
+    assert found(status="2xx", model="m-a") == ["e7", "e3", "e2", "e1"]
+    # The window: since included, until excluded, in event time (not receive time).
+    since = datetime.fromtimestamp((DAY1 + 2 * HOUR) / 1000, UTC).isoformat()
+    until = datetime.fromtimestamp((DAY1 + 4 * HOUR) / 1000, UTC).isoformat()
+    assert found(since=since, until=until) == ["e3", "e2"]
+    assert found(since="48h") == ["e7"]  # relative to `now`: DAY1 + 24h and after
+    assert found(user="u2", status="2xx", since=since) == ["e3"]
+    assert found(user="u1", model="m-b", status="4xx") == ["e6", "e5"]
+    assert found(text="rate", since=since) == ["e6", "e5"]
+    assert found(text="rate", status="5xx") == []
+    assert found(event_id="e4", status="5xx") == ["e4"]
+    assert found(event_id="e4", status="2xx") == []
+    assert found(model="m-a", limit=2) == ["e7", "e4"]
+
+
+@pytest.mark.parametrize("bad", ["4", "6xx", "40x", "error", "xx"])
+def test_status_class_must_be_a_class(bad: str) -> None:
+    with pytest.raises(ConfigError, match="1xx to 5xx"):
+        reports.status_range(bad)
+
+
+def test_search_window_must_be_ordered() -> None:
+    now = datetime.fromtimestamp(DAY1 / 1000, UTC)
+    with pytest.raises(ConfigError, match="before"):
+        reports.search_query(since="1h", until="2h", now=now)
+    with pytest.raises(ConfigError, match="ISO 8601"):
+        reports.search_query(since="yesterday", now=now)
+
+
+def test_one_entry_point_answers_every_question(reader: Reader) -> None:
+    assert reports.answer("latency", ALL, "day", reader) == reports.latency_result(
+        ALL, reader.latencies(ALL), "exact")
+    assert reports.answer("errors", ALL, "day", reader) == reports.errors_result(
+        ALL, reader.error_counts(ALL), reader.top_errors(ALL, reports.TOP_ERRORS))
+    for by in reports.COST_BY:
+        assert reports.answer("cost", ALL, by, reader) == reports.cost_result(
+            ALL, by, reader.cost(ALL, by))
+    with pytest.raises(ConfigError):
+        reports.answer("cost", ALL, "week", reader)
+    with pytest.raises(ConfigError):
+        reports.answer("uptime", ALL, "day", reader)
+
+
+def test_search_body_carries_the_new_filters() -> None:
+    body = reports.Search(model="m-a", status=(400, 500), since_ms=1, until_ms=2).body()
+    filters = body["query"]["bool"]["filter"]
+    assert {"term": {"model": "m-a"}} in filters
+    assert {"range": {"status_code": {"gte": 400, "lt": 500}}} in filters
+    assert {"range": {"@timestamp": {"gte": 1, "lt": 2, "format": "epoch_millis"}}} in filters
