@@ -54,8 +54,12 @@ settings (environment):
   INGEST_RELAY_USAGE_REMAINING_FIELD, INGEST_RELAY_USAGE_TOTAL_FIELD
                                 JSON fields of the answer, dotted for nested ones
                                 (default remaining, total; e.g. data.remaining)
+  INGEST_UI                     serve the dashboard /ui/ and its API /api/v1/ (default on;
+                                off disables both)
+  INGEST_UI_TOKEN               their bearer token / login; required beyond loopback
 
-endpoints: POST /webhooks/holysheep, GET /healthz, GET /readyz, GET /metrics"""
+endpoints: POST /webhooks/holysheep, GET /healthz, GET /readyz, GET /metrics,
+  GET /ui/ (the dashboard), GET /api/v1/... (its JSON API)"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -250,6 +254,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.getLogger("ingest").info(
         "listening on %s://%s:%d/webhooks/holysheep, store %s, %d secret(s)", scheme,
         settings.host, settings.port, settings.data_dir, len(settings.webhook_secret))
+    if settings.ui:
+        logging.getLogger("ingest").info(
+            "dashboard on %s://%s:%d/ui/ (%s)", scheme, settings.host, settings.port,
+            "token required" if settings.ui_token else "open on loopback")
     serve(app, settings, metrics)
     return 0
 

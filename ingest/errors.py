@@ -4,6 +4,7 @@
     ├── ConfigError                  bad or missing setting; the CLI prints it and exits 2,
     │                                the dashboard's API answers 400 (a bad query parameter)
     ├── AccessDenied                 -> 401: the dashboard's token is missing or wrong
+    ├── NotFound                     -> 404: the dashboard's API has no such event
     ├── SignatureError               -> 401, `code` tells the sender why
     │   ├── MissingSignature         no timestamp/signature header
     │   ├── MalformedSignature       header present but not parseable
@@ -47,6 +48,10 @@ class ConfigError(IngestError):
 
 class AccessDenied(IngestError):
     code = "unauthorized"
+
+
+class NotFound(IngestError):
+    code = "not_found"
 
 
 class SignatureError(IngestError):

@@ -18,6 +18,7 @@ from ingest.errors import (
     EventInvalid,
     IngestError,
     MalformedPayload,
+    NotFound,
     PayloadTooLarge,
     SignatureError,
     SignatureMismatch,
@@ -47,6 +48,7 @@ _STATUS: tuple[tuple[type[IngestError], int, str], ...] = (
     # Only the dashboard's API raises these; they never reach the webhook.
     (ConfigError, 400, "bad_request"),
     (AccessDenied, 401, "unauthorized"),
+    (NotFound, 404, "not_found"),
 )
 _INTERNAL = orjson.dumps({"error": "internal_error",
                           "message": "the receiver failed on this request; it is logged"})
