@@ -414,3 +414,46 @@ def test_search_body_carries_the_new_filters() -> None:
     assert {"term": {"model": "m-a"}} in filters
     assert {"range": {"status_code": {"gte": 400, "lt": 500}}} in filters
     assert {"range": {"@timestamp": {"gte": 1, "lt": 2, "format": "epoch_millis"}}} in filters
+
+
+def test_time_series_per_slot_and_model(reader: Reader) -> None:
+    from ingest.ui import series
+
+    q = Query(DAY1, DAY1 + 24 * HOUR)
+    assert series.step_for(q) == 15 * 60_000  # the finest keeping a day within 200 slots
+    flow = series.traffic(q, HOUR, reader)
+    assert len(flow["slots"]) == 24 and flow["slots"][1].startswith(
+        datetime.fromtimestamp((DAY1 + HOUR) / 1000, UTC).strftime("%Y-%m-%dT%H"))
+    by_model = {m["model"]: m for m in flow["by_model"]}
+    assert by_model["m-a"]["requests"][1:5] == [1, 1, 1, 1]
+    assert by_model["m-a"]["errors"][4] == 1 and by_model["m-a"]["error_rate"][4] == 1.0
+    assert by_model["m-b"]["requests"][5:7] == [1, 1] and by_model["m-b"]["errors"][5:7] == [1, 1]
+    assert flow["total"]["requests"][0] == 0 and flow["total"]["error_rate"][0] is None
+    assert sum(flow["total"]["requests"]) == 6
+    latency = series.latency(Query(DAY1, DAY1 + 48 * HOUR), 24 * HOUR, reader)
+    # day 1: 10 20 30 40 100 300 (the overall report's numbers); day 2: no latency at all
+    assert latency["count"] == [6, 0]
+    assert latency["p50"] == [35.0, None] and latency["p99"][0] == pytest.approx(290.0)
+
+
+def test_top_users_by_cost(reader: Reader) -> None:
+    from ingest.ui import series
+
+    top = series.top_users(ALL, 10, reader)
+    assert [(u["user"], u["requests"], u["errors"]) for u in top["users"]] == [
+        ("u1", 6, 3), ("u2", 1, 0)]
+    assert top["users"][0]["cost_usd"] == pytest.approx(0.042)  # 0.01 x 4 + 0.002
+    assert top["total_users"] == 2
+    assert [u["user"] for u in series.top_users(ALL, 1, reader)["users"]] == ["u1"]
+
+
+def test_steps_fit_the_window() -> None:
+    from ingest.ui import series
+
+    minute = 60_000
+    assert series.step_for(Query(0, HOUR)) == minute
+    assert series.step_for(Query(0, 7 * 24 * HOUR)) == HOUR
+    assert series.step_for(Query(0, 30 * 24 * HOUR)) == 6 * HOUR
+    assert series.step_for(Query(0, HOUR), "5m") == 5 * minute
+    with pytest.raises(ConfigError):
+        series.step_for(Query(0, 30 * 24 * HOUR), "1m")
