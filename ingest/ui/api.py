@@ -80,7 +80,8 @@ def params(request: Request, allowed: frozenset[str]) -> dict[str, str | None]:
     given: dict[str, str | None] = dict.fromkeys(allowed)
     for name, value in request.query_params.multi_items():
         if name not in allowed:
-            raise ConfigError(f"unknown parameter {name!r}: use {', '.join(sorted(allowed))}")
+            raise ConfigError(f"unknown parameter {name!r}: " + (
+                f"use {', '.join(sorted(allowed))}" if allowed else "this takes none"))
         if given[name] is not None:
             raise ConfigError(f"parameter {name!r} given twice")
         given[name] = value.strip() or None

@@ -5,12 +5,15 @@ const API = "/api/v1";
 const COLORS = ["#3457d5", "#e8590c", "#2f9e44", "#c2255c", "#7048e8", "#0c8599",
   "#e67700", "#5c940d", "#862e9c", "#495057"];
 const SVG = "http://www.w3.org/2000/svg";
-const state = { since: "1h", until: null, timer: null, models: [] };
+const state = { since: "1h", until: null, timer: null };
 
 const $ = (id) => document.getElementById(id);
 const fmt = (n, digits = 0) => n === null || n === undefined ? "-" :
   Number(n).toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
-const ms = (n) => n === null || n === undefined ? "-" : fmt(n, 1) + " ms";
+// Latencies as the API gives them (3 decimals at most), so what is shown is the answer.
+const exact = (n) => n === null || n === undefined ? "-" :
+  Number(n).toLocaleString("en-US", { maximumFractionDigits: 3 });
+const ms = (n) => n === null || n === undefined ? "-" : exact(n) + " ms";
 const usd = (n) => n === null || n === undefined ? "-" : "$" + fmt(n, 4);
 const pct = (n) => n === null || n === undefined ? "-" : fmt(n * 100, 2) + " %";
 
@@ -38,9 +41,12 @@ function el(tag, attrs = {}, text) {
   return node;
 }
 
+// A colour per name, kept from first sight: the same model looks the same in every panel,
+// whichever panel answers first.
+const colors = new Map([["p50", COLORS[0]], ["p95", COLORS[1]], ["p99", COLORS[2]]]);
 function color(name) {
-  const i = state.models.indexOf(name);
-  return COLORS[(i < 0 ? state.models.length : i) % COLORS.length];
+  if (!colors.has(name)) colors.set(name, COLORS[(colors.size - 3) % COLORS.length]);
+  return colors.get(name);
 }
 
 function legend(target, names) {
@@ -184,22 +190,17 @@ function tile(id, text, value) {
 // Panels ------------------------------------------------------------------------------------
 async function traffic() {
   const t = await get("/series/traffic", windowParams());
-  state.models = t.by_model.map((m) => m.model || "(none)");
-  $("models").replaceChildren(...state.models.map((m) => el("option", { value: m })));
+  $("models").replaceChildren(...t.by_model.map((m) => el("option", { value: m.model || "" })));
   lineChart($("c-requests"), t.slots, t.step_ms,
-    t.by_model.map((m) => ({ name: m.model || "(none)", values: m.requests })), (v) => fmt(v));
+    t.by_model.map((m) => ({ name: m.model || "(none)", values: m.requests })), exact);
   lineChart($("c-error-rate"), t.slots, t.step_ms,
     t.by_model.map((m) => ({ name: m.model || "(none)", values: m.error_rate })), (v) => fmt(v * 100, 1) + "%");
 }
 
 async function latencySeries() {
   const s = await get("/series/latency", windowParams());
-  const names = ["p50", "p95", "p99"];
-  const saved = state.models;
-  state.models = names;  // three fixed colours for the three lines
-  lineChart($("c-latency"), s.slots, s.step_ms, names.map((p) => ({ name: p, values: s[p] })),
+  lineChart($("c-latency"), s.slots, s.step_ms, ["p50", "p95", "p99"].map((p) => ({ name: p, values: s[p] })),
     (v) => fmt(v) + " ms");
-  state.models = saved;
 }
 
 async function latencyReport() {
@@ -209,8 +210,8 @@ async function latencyReport() {
   tile("t-p99", ms(r.overall.p99), r.overall.p99);
   fill("latency-models", r.by_model.map((m) => row([
     { text: m.model }, { text: fmt(m.count), value: m.count, cls: "num" },
-    { text: fmt(m.p50, 1), value: m.p50, cls: "num" }, { text: fmt(m.p95, 1), value: m.p95, cls: "num" },
-    { text: fmt(m.p99, 1), value: m.p99, cls: "num" }])), "no latencies in this window");
+    { text: exact(m.p50), value: m.p50, cls: "num" }, { text: exact(m.p95), value: m.p95, cls: "num" },
+    { text: exact(m.p99), value: m.p99, cls: "num" }])), "no latencies in this window");
   const names = Object.keys(r.buckets);
   const total = names.reduce((t, n) => t + r.buckets[n], 0);
   const head = $("buckets").tHead.rows[0], cells = $("buckets").tBodies[0].rows[0];
@@ -284,7 +285,8 @@ async function quota() {
 async function search(event) {
   if (event) event.preventDefault();
   const form = new FormData($("filters"));
-  const r = await get("/search", windowParams(Object.fromEntries(form.entries())));
+  const params = windowParams(Object.fromEntries(form.entries()));
+  const r = await get("/search", params);
   fill("events", r.events.map((d) => {
     const meta = d.user_metadata || {};
     const tr = row([
@@ -297,6 +299,7 @@ async function search(event) {
     tr.addEventListener("click", () => openDocument(d.id).catch(report));
     return tr;
   }), "no stored event matches");
+  $("events").dataset.shown = params.toString();  // which search the rows answer
 }
 
 async function openDocument(id) {
