@@ -112,6 +112,9 @@ def report_bodies() -> list[Body]:
     for args in ((None, None, None, None, 20), ("req_1", "user_001", "trace-7", "timeout", 5)):
         found.append(Body(f"reports.search_body{args}", "SearchRequest",
                           reports.search_body(*args)))
+    every = reports.Search("req_1", "user_001", "trace-7", "timeout", "gpt-4o", (500, 600),
+                           WINDOW[0], WINDOW[1], 5)
+    found.append(Body(f"reports.{every}.body()", "SearchRequest", every.body()))
     return found
 
 
