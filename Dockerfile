@@ -19,7 +19,7 @@ COPY kibana ./kibana
 # sys.path): from /src the source tree would be found instead of the installed copy.
 RUN /opt/venv/bin/pip install . \
  && cd / \
- && /opt/venv/bin/python -P -c "import sys; from pathlib import Path; import ingest; from ingest.kibana import saved_objects_path; from ingest.reports import DEFAULT_SINCE; from ingest.sink import asset_dir; es = asset_dir(); found = [Path(ingest.__file__), es / 'ilm-policy.json', *(es / 'queries' / f'{q}.json' for q in DEFAULT_SINCE), saved_objects_path()]; wrong = [str(p) for p in found if not (p.is_file() and p.resolve().is_relative_to(Path(sys.prefix).resolve()))]; sys.exit('not in the installed copy: ' + ', '.join(wrong)) if wrong else print('installed:', *found)"
+ && /opt/venv/bin/python -P -c "import sys; from pathlib import Path; import ingest; from ingest.admin.kibana import saved_objects_path; from ingest.answers.reports import DEFAULT_SINCE; from ingest.admin.elasticsearch import asset_dir; es = asset_dir(); found = [Path(ingest.__file__), es / 'ilm-policy.json', *(es / 'queries' / f'{q}.json' for q in DEFAULT_SINCE), saved_objects_path()]; wrong = [str(p) for p in found if not (p.is_file() and p.resolve().is_relative_to(Path(sys.prefix).resolve()))]; sys.exit('not in the installed copy: ' + ', '.join(wrong)) if wrong else print('installed:', *found)"
 
 FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH \

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ingest import records, reports
-from ingest.prices import PriceBook
+from ingest import records
+from ingest.answers import reports
+from ingest.receive.prices import PriceBook
 from ingest.sample import sample_event
 from ingest.store import Reader
 from ingest.testing import fill_store

@@ -22,16 +22,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import _paths  # noqa: F401  (first: puts tests/support on the path)
 import httpx
+from receiver import free_port
 
 from ingest.app import build_store
+from ingest.elastic import Connection
 from ingest.metrics import Metrics
 from ingest.sample import sample_events
 from ingest.settings import load
-from ingest.shipper import Shipper
-from ingest.sink import Connection, ElasticsearchSink
+from ingest.ship.elasticsearch import ElasticsearchSink
+from ingest.ship.shipper import Shipper
 from ingest.store import Reader
-from ingest.testing import fill_store, free_port
+from ingest.testing import fill_store
 
 HERE = Path(__file__).resolve().parent
 

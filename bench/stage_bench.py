@@ -26,12 +26,12 @@ from pathlib import Path
 
 import orjson
 
-from ingest import events
-from ingest.enrich import Enricher
-from ingest.prices import PriceBook
+from ingest.receive import body as events
+from ingest.receive.enrich import Enricher
+from ingest.receive.prices import PriceBook
+from ingest.receive.signing import Secret, sign, verify
 from ingest.records import Row
 from ingest.sample import sample_event
-from ingest.signing import Secret, sign, verify
 from ingest.store import Store
 from ingest.testing import SECRET
 

@@ -18,11 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import _paths  # noqa: F401  (first: puts tests/support on the path)
 import httpx
+from receiver import ReceiverProcess
 from report_bench import fill
 
 from ingest.records import iso_ms
-from ingest.testing import ReceiverProcess
 
 RUNS = 5
 DAY = 86_400_000

@@ -27,13 +27,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _paths  # noqa: F401  (first: puts tests/support on the path)
 import httpx
 import orjson
+from receiver import ReceiverProcess, free_port
 
+from ingest.receive.signing import sign
 from ingest.sample import sample_event
-from ingest.signing import sign
 from ingest.store import Reader
-from ingest.testing import SECRET, ReceiverProcess, free_port
+from ingest.testing import SECRET
 
 HERE = Path(__file__).resolve().parent
 LUA = HERE / "wrk_presigned.lua"

@@ -1,5 +1,5 @@
 """`python -m ingest` is the `holysheep-ingest` command."""
 
-from ingest.cli import main
+from ingest.cli.parser import main
 
 raise SystemExit(main())

@@ -17,18 +17,20 @@ from fastapi.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ingest.enrich import Enricher
 from ingest.errors import ConfigError, IngestError, SinkError, StoreError
 from ingest.metrics import CONTENT_TYPE, Metrics
-from ingest.prices import PriceBook
+from ingest.receive.enrich import Enricher
+from ingest.receive.prices import PriceBook
+from ingest.receive.webhook import WebhookEndpoint, http_status
 from ingest.settings import Settings
-from ingest.shipper import Shipper, Sink
+from ingest.ship.shipper import Shipper, Sink
 from ingest.store import Reader, Store
-from ingest.webhook import WebhookEndpoint, http_status
 
 if TYPE_CHECKING:
     import httpx
 
+    from ingest.elastic import Connection
+    from ingest.receive.server import Limits, Listen
     from ingest.relay_usage import UsagePoller
 
 WEBHOOK_PATH = "/webhooks/holysheep"
@@ -117,7 +119,7 @@ class StoreGauges:
 def build_sink(settings: Settings) -> Sink:
     """The configured sink: Elasticsearch's bulk API or a Logstash http input."""
     if settings.sink_kind() == "logstash":
-        from ingest.logstash import LogstashConnection, LogstashSink
+        from ingest.ship.logstash import LogstashConnection, LogstashSink
 
         if not settings.logstash_url:
             raise ConfigError("INGEST_SINK=logstash needs INGEST_LOGSTASH_URL "
@@ -128,9 +130,26 @@ def build_sink(settings: Settings) -> Sink:
             password.get_secret_value() if password else None,
             settings.elasticsearch_timeout.total_seconds()))
     # Imported here: the client library costs ~17 MB, paid only when shipping to it.
-    from ingest.sink import ElasticsearchSink, connection
+    from ingest.ship.elasticsearch import ElasticsearchSink
 
-    return ElasticsearchSink(connection(settings))
+    return ElasticsearchSink(es_connection(settings))
+
+
+def es_connection(settings: Settings) -> Connection:
+    """The cluster connection from settings; ConfigError when no URL is set."""
+    from ingest.elastic import Connection
+
+    if not settings.elasticsearch_url:
+        raise ConfigError("set INGEST_ELASTICSEARCH_URL (for example http://localhost:9200)")
+    key, password = settings.elasticsearch_api_key, settings.elasticsearch_password
+    return Connection(
+        url=settings.elasticsearch_url,
+        api_key=key.get_secret_value() if key else None,
+        username=settings.elasticsearch_username,
+        password=password.get_secret_value() if password else None,
+        ca_cert=settings.elasticsearch_ca_cert,
+        verify_certs=settings.elasticsearch_verify_certs,
+        timeout_s=settings.elasticsearch_timeout.total_seconds())
 
 
 def build_shipper(settings: Settings, store: Store, metrics: Metrics,
@@ -171,6 +190,20 @@ def _shipper_ended(task: asyncio.Task[None]) -> None:
         exc = task.exception()
         message = exc.message if isinstance(exc, IngestError) else repr(exc)
         log.error("shipping stopped: %s (the receiver keeps accepting and storing)", message)
+
+
+def server_options(settings: Settings) -> tuple[Listen, Limits]:
+    """Where and how the HTTP server listens; the TLS pair is checked here, one clear line."""
+    from ingest.receive.server import LINGER_BODIES, Limits, Listen, tls_files
+
+    listen = Listen(settings.host, settings.port, settings.log_level,
+                    tls_files(settings.tls_cert, settings.tls_key))
+    return listen, Limits(
+        header_timeout=settings.header_timeout.total_seconds(),
+        body_timeout=settings.body_timeout.total_seconds(),
+        max_connections=settings.max_connections,
+        retry_after_s=settings.retry_after_s,
+        linger_bytes=LINGER_BODIES * int(settings.max_body_bytes))
 
 
 def create_app(

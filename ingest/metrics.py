@@ -17,6 +17,8 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from ingest.records import status_class
+
 if TYPE_CHECKING:
     from ingest.records import Outcome, Row
 
@@ -172,8 +174,7 @@ class RelayTraffic(Collector):
 
     def _key(self, name: str | None, status: int | None) -> _Keys:
         model = self.model(name)
-        klass = "unknown" if status is None else "429" if status == 429 \
-            else f"{status // 100}xx"
+        klass = status_class(status)
         found = ((model, klass), (model, "prompt"), (model, "completion"), (model, "relay"),
                  (model, "computed"))
         if len(self._keys) < 20 * self.model_limit:  # bounded like the model names

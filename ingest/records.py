@@ -96,3 +96,15 @@ def iso_ms(ms: int) -> str:
 def _iso_second(seconds: int) -> str:
     # Events arrive clustered in time: formatting each second once is most of the cost saved.
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+# The status rule every stage shares: an error from 400 up; 429 (throttled) is a class apart.
+ERROR_STATUS = 400
+
+
+@lru_cache(maxsize=1024)
+def status_class(status: int | None) -> str:
+    """`2xx`, `4xx`, `5xx`..., `429` on its own, and `unknown` without a status."""
+    if status is None:
+        return "unknown"
+    return "429" if status == 429 else f"{status // 100}xx"

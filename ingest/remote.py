@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import httpx
 
 from ingest.errors import SinkError, SinkRefused, SinkUnavailable
+
+T = TypeVar("T")
 
 # The authority's user information runs to its last `@` (a password may hold one unescaped).
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?[^/?#]*@")
@@ -53,6 +59,20 @@ def transport_error(doing: str, exc: httpx.HTTPError, after: float | None = None
     if isinstance(exc, httpx.TimeoutException):
         return timed_out(doing, after)
     return unreachable(doing, type(exc).__name__)
+
+
+async def while_unavailable(call: Callable[[], Awaitable[T]], seconds: float,
+                            pause: float = 2.0) -> T:
+    """`call()`, tried again every `pause` while it raises SinkUnavailable, for up to `seconds`
+    (a cluster or Kibana that is still starting); then its last error is raised."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return await call()
+        except SinkUnavailable:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(pause)
 
 
 def redact(url: str) -> str:

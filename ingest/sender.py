@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import orjson
 
-from ingest.signing import signed_headers
+from ingest.receive.signing import signed_headers
 
 
 @dataclass

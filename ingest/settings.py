@@ -19,24 +19,15 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from ingest import durations
 from ingest.errors import ConfigError
 
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _TOKEN = re.compile(r"[\x21-\x7e]+")
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*", re.IGNORECASE)
 
 
 def parse_duration(value: Any) -> Any:
     """`30d`, `72h`, `15m`, `10s`, `500ms` or plain seconds -> timedelta."""
-    if isinstance(value, str):
-        match = _DURATION.fullmatch(value)
-        if not match:
-            raise ValueError("use a number with a unit: 500ms, 10s, 15m, 72h, 30d, 2w")
-        number, unit = match.groups()
-        return timedelta(seconds=float(number) * _UNITS[(unit or "s").lower()])
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return timedelta(seconds=value)
-    return value
+    return durations.coerce(value)
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
@@ -56,66 +47,99 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INGEST_", extra="ignore",
                                       validate_default=True)
 
+    # The receiver --------------------------------------------------------------------------
     webhook_secret: Annotated[list[SecretStr], NoDecode] = Field(
-        default_factory=list, description="secret(s) shared with the relay, comma-separated")
-    data_dir: Path = Path("data")
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=0, le=65535)
-    signature_tolerance_s: int = Field(default=300, ge=1)
-    max_body_bytes: ByteSize = Field(default=ByteSize(1 << 20), gt=0)
-    dedup_window: Duration = timedelta(hours=72)
-    retention: Duration = timedelta(days=30)
-    max_store_bytes: ByteSize = Field(default=ByteSize(10 << 30), gt=0)
-    min_free_disk_bytes: ByteSize = ByteSize(100 << 20)
-    store_sync: Literal["full", "normal"] = "full"
-    housekeeping: Duration = timedelta(seconds=30)
-    retry_after_s: int = Field(default=30, ge=1)
-    price_file: Path | None = None
-    cost_tolerance: float = Field(default=0.01, ge=0)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    header_timeout: Duration = timedelta(seconds=10)
-    body_timeout: Duration = timedelta(seconds=30)
-    max_connections: int = Field(default=0, ge=0)
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
+        default_factory=list, description="secret(s) shared with the relay, comma-separated "
+        "(required; several while rotating)")
+    data_dir: Path = Field(Path("data"), description="store directory")
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8080, ge=0, le=65535, description="port to listen on")
+    signature_tolerance_s: int = Field(
+        300, ge=1, description="allowed clock difference, both directions, in seconds")
+    max_body_bytes: ByteSize = Field(ByteSize(1 << 20), gt=0,
+                                     description="body limit, also after gunzip")
+    dedup_window: Duration = Field(timedelta(hours=72), description="a repeated event id is "
+                                   "stored once within it")
+    retention: Duration = Field(timedelta(days=30), description="local retention, at least "
+                                "the dedup window")
+    max_store_bytes: ByteSize = Field(ByteSize(10 << 30), gt=0, description="answer 503 + "
+                                      "Retry-After above this store size")
+    min_free_disk_bytes: ByteSize = Field(ByteSize(100 << 20), description="... or when the "
+                                          "disk has less free, beyond what a WAL checkpoint needs")
+    store_sync: Literal["full", "normal"] = Field(
+        "full", description="full: fsync each commit group; normal: survive crashes only")
+    housekeeping: Duration = Field(timedelta(seconds=30), description="how often retention "
+                                   "and the capacity check run")
+    retry_after_s: int = Field(30, ge=1, description="Retry-After on 503, in seconds")
+    price_file: Path | None = Field(None, description="TOML/JSON price overrides, USD per 1M "
+                                    "tokens")
+    cost_tolerance: float = Field(0.01, ge=0, description="relative difference above which "
+                                  "cost_mismatch is true")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info",
+                                                                    description="log level")
+    header_timeout: Duration = Field(timedelta(seconds=10), description="a request's headers "
+                                     "must arrive within this")
+    body_timeout: Duration = Field(timedelta(seconds=30), description="... and its body within "
+                                   "this after them")
+    max_connections: int = Field(0, ge=0, description="open connections; more get 503 at once "
+                                 "(0: from the descriptor limit, at most 10,000)")
+    tls_cert: Path | None = Field(None, description="serve HTTPS with this certificate (PEM)")
+    tls_key: Path | None = Field(None, description="... and this private key (PEM)")
 
-    # Elasticsearch: shipping runs inside `serve` when a URL is set.
-    elasticsearch_url: str | None = None
-    elasticsearch_api_key: SecretStr | None = None
-    elasticsearch_username: str | None = None
-    elasticsearch_password: SecretStr | None = None
-    elasticsearch_ca_cert: Path | None = None
-    elasticsearch_verify_certs: bool = True
-    elasticsearch_timeout: Duration = timedelta(seconds=30)
-    data_stream: str = Field(default="logs-holysheep.requests-default",
-                             pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=200)
-    ilm_rollover_max_age: str = Field(default="1d", pattern=r"^[0-9]+(d|h|m|s)$")
-    ilm_rollover_max_primary_shard_size: str = Field(default="5gb",
-                                                      pattern=r"^[0-9]+(b|kb|mb|gb|tb)$")
-    ilm_delete_after: str = Field(default="30d", pattern=r"^[0-9]+(d|h|m|s)$")
-    kibana_url: str | None = None
-    kibana_username: str | None = None
-    kibana_password: SecretStr | None = None
-    kibana_api_key: SecretStr | None = None
-    kibana_ca_cert: Path | None = None
-    sink: Literal["auto", "elasticsearch", "logstash"] = "auto"
-    logstash_url: str | None = None
-    logstash_username: str | None = None
-    logstash_password: SecretStr | None = None
-    ship_batch_docs: int = Field(default=1000, ge=1, le=100_000)
-    ship_batch_bytes: ByteSize = Field(default=ByteSize(5_000_000), ge=1024)
-    ship_concurrency: int = Field(default=2, ge=1, le=64)
-    ship_backoff_initial: Duration = timedelta(milliseconds=500)
-    ship_backoff_max: Duration = timedelta(seconds=60)
-    ship_idle_poll: Duration = timedelta(milliseconds=200)
+    # Elasticsearch: shipping runs inside `serve` when a URL is set --------------------------
+    elasticsearch_url: str | None = Field(None, description="ship to this cluster")
+    elasticsearch_api_key: SecretStr | None = Field(None, description="API key (or "
+                                                    "username and password)")
+    elasticsearch_username: str | None = Field(None, description="basic auth user")
+    elasticsearch_password: SecretStr | None = Field(None, description="basic auth password")
+    elasticsearch_ca_cert: Path | None = Field(None, description="CA certificate (PEM) for "
+                                               "https")
+    elasticsearch_verify_certs: bool = Field(True, description="verify the cluster's "
+                                             "certificate")
+    elasticsearch_timeout: Duration = Field(timedelta(seconds=30), description="limit for one "
+                                            "request to the cluster (or Logstash)")
+    data_stream: str = Field("logs-holysheep.requests-default", pattern=r"^[a-z0-9][a-z0-9._-]*$",
+                             max_length=200, description="the data stream events go to")
+    ilm_rollover_max_age: str = Field("1d", pattern=r"^[0-9]+(d|h|m|s)$",
+                                      description="roll over a backing index this old")
+    ilm_rollover_max_primary_shard_size: str = Field(
+        "5gb", pattern=r"^[0-9]+(b|kb|mb|gb|tb)$",
+        description="... or with a primary shard this large")
+    ilm_delete_after: str = Field("30d", pattern=r"^[0-9]+(d|h|m|s)$",
+                                  description="delete indices this long after rollover")
+    kibana_url: str | None = Field(None, description="Kibana, for setup --kibana")
+    kibana_username: str | None = Field(None, description="Kibana basic auth user")
+    kibana_password: SecretStr | None = Field(None, description="Kibana basic auth password")
+    kibana_api_key: SecretStr | None = Field(None, description="Kibana API key")
+    kibana_ca_cert: Path | None = Field(None, description="CA certificate (PEM) for Kibana")
+    sink: Literal["auto", "elasticsearch", "logstash"] = Field(
+        "auto", description="where to ship: auto takes the URL that is set")
+    logstash_url: str | None = Field(None, description="ship to this Logstash http input")
+    logstash_username: str | None = Field(None, description="Logstash basic auth user")
+    logstash_password: SecretStr | None = Field(None, description="Logstash basic auth "
+                                                "password")
+    ship_batch_docs: int = Field(1000, ge=1, le=100_000, description="events per bulk request")
+    ship_batch_bytes: ByteSize = Field(ByteSize(5_000_000), ge=1024,
+                                       description="bytes per bulk request")
+    ship_concurrency: int = Field(2, ge=1, le=64, description="bulk requests in flight")
+    ship_backoff_initial: Duration = Field(timedelta(milliseconds=500),
+                                           description="first retry delay")
+    ship_backoff_max: Duration = Field(timedelta(seconds=60), description="longest retry delay")
+    ship_idle_poll: Duration = Field(timedelta(milliseconds=200),
+                                     description="how often an idle shipper looks for events")
 
-    # The relay's usage endpoint: `serve` polls it for the quota when a URL is set.
-    relay_usage_url: str | None = None
-    relay_api_key: SecretStr | None = None
-    relay_usage_interval: Duration = timedelta(seconds=60)
-    relay_usage_timeout: Duration = timedelta(seconds=10)
-    relay_usage_remaining_field: str = "remaining"
-    relay_usage_total_field: str = "total"
+    # The relay's usage endpoint: `serve` polls it for the quota when a URL is set ------------
+    relay_usage_url: str | None = Field(None, description="the relay's usage endpoint: poll it "
+                                        "for the quota")
+    relay_api_key: SecretStr | None = Field(None, description="relay API key for it, sent as a "
+                                            "Bearer token, never logged")
+    relay_usage_interval: Duration = Field(timedelta(seconds=60), description="how often to "
+                                           "poll")
+    relay_usage_timeout: Duration = Field(timedelta(seconds=10), description="limit for one "
+                                          "poll, at most the interval")
+    relay_usage_remaining_field: str = Field("remaining", description="JSON field of the "
+                                             "remaining quota, dotted for nested ones")
+    relay_usage_total_field: str = Field("total", description="JSON field of the quota limit")
 
     # The built-in dashboard and its JSON API (`ingest.ui`).
     ui: bool = Field(default=True, description="serve /ui/ and /api/v1/; off disables both")
@@ -213,6 +237,57 @@ class Settings(BaseSettings):
         if not values:
             raise ConfigError(NO_SECRET)
         return values
+
+
+def env_name(field: str) -> str:
+    return "INGEST_" + field.upper()
+
+
+def shown_default(value: Any) -> str | None:
+    """A default as a user would write it (`1MiB`, `72h`), or None when there is none."""
+    if value is None or value == []:
+        return None
+    if isinstance(value, ByteSize):
+        for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10),
+                           ("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+            if value and value % size == 0:
+                return f"{value // size}{unit}"
+        return str(int(value))
+    if isinstance(value, timedelta):
+        return durations.shown(value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def documented() -> list[tuple[str, str | None, str]]:
+    """Every setting as (variable, default as written, description): one source for `--help`
+    and the README's tables (a test holds the README to it)."""
+    out = []
+    for name, info in Settings.model_fields.items():
+        default = None if info.default_factory is not None else info.default
+        out.append((env_name(name), shown_default(default), info.description or ""))
+    return out
+
+
+def serve_epilog() -> str:
+    """`serve --help`'s list of settings, from the field descriptions."""
+    lines = ["settings (environment):"]
+    for variable, default, description in documented():
+        text = description + (f" (default {default})" if default is not None else "")
+        lines.append(f"  {variable}")
+        lines.extend(f"      {part}" for part in _wrap(text, 84))
+    lines.append("")
+    lines.append("durations: 500ms, 10s, 15m, 72h, 30d; sizes: 512KiB, 1MiB, 10GB")
+    lines.append("endpoints: POST /webhooks/holysheep, GET /healthz, GET /readyz, GET /metrics, "
+                 "GET /ui/ (the dashboard), GET /api/v1/... (its JSON API)")
+    return "\n".join(lines)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width) or [""]
 
 
 def load(**overrides: Any) -> Settings:

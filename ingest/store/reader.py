@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from ingest.errors import StoreUnavailable
-from ingest.records import Pending, Query
+from ingest.records import ERROR_STATUS, Pending, Query
 from ingest.store.schema import (
     DB_NAME,
     DERIVED,
@@ -46,6 +46,17 @@ def stretches(since_ms: int, until_ms: int) -> list[tuple[int, int]]:
     least) and none longer than STRETCH_MS."""
     length = max(60_000, min(STRETCH_MS, -(-(until_ms - since_ms) // MIN_STRETCHES)))
     return [(start, min(start + length, until_ms)) for start in range(since_ms, until_ms, length)]
+
+
+def _status_class(name: str) -> list[tuple[str, Any]]:
+    """SQL for `records.status_class(status_code) == name` (429 is a class of its own)."""
+    if name == "429":
+        return [("e.status_code = ?", 429)]
+    if len(name) != 3 or not name[0].isdigit() or name[1:] != "xx":
+        raise ValueError(f"not a status class: {name!r}")
+    low = int(name[0]) * 100
+    found = [("e.status_code >= ?", low), ("e.status_code < ?", low + 100)]
+    return [*found, ("e.status_code != ?", 429)] if low == 400 else found
 
 
 def _order(value: str | None) -> tuple[bool, str]:
@@ -94,11 +105,11 @@ class Reader:
 
     def search(self, *, event_id: str | None = None, user: str | None = None,
                trace: str | None = None, text: str | None = None,
-               model: str | None = None, status: tuple[int, int] | None = None,
+               model: str | None = None, status: str | None = None,
                since_ms: int | None = None, until_ms: int | None = None,
                limit: int = 20) -> list[dict[str, Any]]:
         """Newest first; every given filter must match; text is a case-insensitive substring,
-        `status` a range of status codes (`until_ms` and the range's end excluded).
+        `status` a class as `records.status_class` names them (`until_ms` excluded).
 
         The derived table that fits the filters gives the indexed events, a scan of the
         tail the rest (see `ingest.store.index`), both read in one snapshot.
@@ -108,7 +119,7 @@ class Reader:
             (("event_id", event_id), ("user_id", user), ("trace_id", trace), ("model", model))
             if value is not None]
         if status is not None:
-            match += [("e.status_code >= ?", status[0]), ("e.status_code < ?", status[1])]
+            match += _status_class(status)
 
         def window_on(alias: str) -> list[tuple[str, Any]]:
             # On the derived table's own `ts` where it has one: its key orders by it.
@@ -273,7 +284,8 @@ class Reader:
         found: dict[tuple[int, str | None], list[int]] = {}
         for slot, model, requests, errors in self._pieces(
                 q, f"SELECT (ts - {int(q.since_ms)}) / {int(step_ms)}, model, count(*), "
-                   "count(*) FILTER (WHERE status_code >= 400) FROM {source} GROUP BY 1, 2"):
+                   f"count(*) FILTER (WHERE status_code >= {ERROR_STATUS}) FROM {{source}} "
+                   "GROUP BY 1, 2"):
             counts = found.setdefault((slot, model), [0, 0])
             counts[0] += requests
             counts[1] += errors
@@ -282,7 +294,8 @@ class Reader:
     def error_counts(self, q: Query) -> list[tuple[str | None, int, int]]:
         found: dict[str | None, list[int]] = {}
         for model, requests, errors in self._pieces(
-                q, "SELECT model, count(*), count(*) FILTER (WHERE status_code >= 400) "
+                q, "SELECT model, count(*), "
+                   f"count(*) FILTER (WHERE status_code >= {ERROR_STATUS}) "
                    "FROM {source} GROUP BY model"):
             counts = found.setdefault(model, [0, 0])
             counts[0] += requests
@@ -296,7 +309,7 @@ class Reader:
                    "GROUP BY model, error_message",
                 "SELECT model, error_message, sum(n) AS n FROM ({parts}) "
                 "GROUP BY model, error_message ORDER BY n DESC, error_message",
-                "status_code >= 400 AND error_message IS NOT NULL"):
+                f"status_code >= {ERROR_STATUS} AND error_message IS NOT NULL"):
             if len(found.setdefault(model, [])) < per_model:
                 found[model].append((message, count))
         return found
@@ -329,7 +342,8 @@ class Reader:
         """Per user over the window: requests, errors, both costs and total tokens."""
         sums: dict[str | None, list[float]] = {}
         for user, *values in self._pieces(
-                q, "SELECT user_id, count(*), count(*) FILTER (WHERE status_code >= 400), "
+                q, "SELECT user_id, count(*), "
+                   f"count(*) FILTER (WHERE status_code >= {ERROR_STATUS}), "
                    "total(cost_usd), total(computed_cost_usd), total(tokens_used) "
                    "FROM {source} GROUP BY 1"):
             into = sums.setdefault(user, [0.0] * len(values))

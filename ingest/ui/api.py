@@ -12,14 +12,14 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from ingest import reports
+from ingest.answers import catalogue, reports
 from ingest.errors import AccessDenied, ConfigError, IngestError, NotFound
+from ingest.receive.webhook import http_status
 from ingest.records import Query
 from ingest.store import Reader
 from ingest.ui import series
 from ingest.ui.access import COOKIE, Gate
 from ingest.ui.quota import QuotaView
-from ingest.webhook import http_status
 
 T = TypeVar("T")
 PREFIX = "/api/v1"
@@ -136,9 +136,9 @@ def build_router(readers: Readers, gate: Gate, quota: QuotaView,
             p = params(request, _WINDOW | {"by"})
             q = reports.query(question, p["since"], p["until"], p["model"], p["user"], now())
             by = p["by"] or "day"
-            if by not in reports.COST_BY:
-                raise ConfigError(f"by must be one of {', '.join(reports.COST_BY)}")
-            return await readers.run(lambda r: reports.answer(question, q, by, r))
+            if by not in catalogue.COST_BY:
+                raise ConfigError(f"by must be one of {', '.join(catalogue.COST_BY)}")
+            return await readers.run(lambda r: catalogue.answer(question, q, by, r))
         return await answered(request, work)
 
     @router.get("/search")
@@ -147,11 +147,11 @@ def build_router(readers: Readers, gate: Gate, quota: QuotaView,
         async def work() -> Any:
             p = params(request, frozenset({"id", "user", "trace", "text", "model", "status",
                                            "since", "until", "limit"}))
-            s = reports.search_query(
+            s = catalogue.search_query(
                 event_id=p["id"], user=p["user"], trace=p["trace"], text=p["text"],
                 model=p["model"], status=p["status"], since=p["since"], until=p["until"],
                 limit=number(p["limit"], "limit", SEARCH_DEFAULT, 1, SEARCH_MAX), now=now())
-            return {"events": await readers.run(lambda r: reports.search(r, s))}
+            return {"events": await readers.run(lambda r: catalogue.search(r, s))}
         return await answered(request, work)
 
     @router.get("/events/{event_id}")
@@ -159,8 +159,8 @@ def build_router(readers: Readers, gate: Gate, quota: QuotaView,
         """One stored document, by event id."""
         async def work() -> Any:
             params(request, frozenset())
-            found = await readers.run(lambda r: reports.search(
-                r, reports.Search(event_id=event_id, limit=1)))
+            found = await readers.run(lambda r: catalogue.search(
+                r, catalogue.Search(event_id=event_id, limit=1)))
             if not found:
                 raise NotFound(f"no stored event has id {event_id!r}")
             return found[0]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ingest import durations
+from ingest.answers.reports import percentile
 from ingest.errors import ConfigError
 from ingest.records import Query, iso_ms
-from ingest.reports import percentile
-from ingest.settings import parse_duration
 
 if TYPE_CHECKING:
     from ingest.store import Reader
@@ -26,8 +26,8 @@ def step_for(q: Query, asked: str | None = None) -> int:
     span = q.until_ms - q.since_ms
     if asked:
         try:
-            step = int(parse_duration(asked).total_seconds() * 1000)
-        except (ValueError, TypeError):
+            step = int(durations.parse(asked, unit_required=True).total_seconds() * 1000)
+        except ValueError:
             raise ConfigError(f"step {asked!r}: use a duration such as 1m, 15m, 1h") from None
         if step < MINUTE:
             raise ConfigError("step must be at least 1m")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from ingest.sink import CLIENT_VERSION
+from ingest.elastic import CLIENT_VERSION
 
 
 @dataclass(frozen=True)

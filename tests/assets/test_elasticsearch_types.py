@@ -27,9 +27,14 @@ import pytest
 from setup_recorder import Request, recorder
 from spec_tools import Diagnostic, literal, module, typecheck, version
 
-from ingest import bulk, records, reports
+from ingest import records
+from ingest.admin.elasticsearch import setup
+from ingest.answers import catalogue, reports
+from ingest.answers import elasticsearch as es_answers
+from ingest.elastic import CLIENT_MAJOR, Connection
 from ingest.records import Pending
-from ingest.sink import CLIENT_MAJOR, Connection, ElasticsearchSink
+from ingest.ship import bulk
+from ingest.ship.elasticsearch import ElasticsearchSink
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "elasticsearch"
@@ -81,7 +86,7 @@ def setup_requests() -> list[Request]:
     async def run(url: str) -> None:
         sink = ElasticsearchSink(Connection(url, timeout_s=10))
         try:
-            await sink.setup(STREAM, "1d", "5gb", "30d")
+            await setup(sink.cluster, STREAM, "1d", "5gb", "30d")
         finally:
             await sink.close()
 
@@ -107,14 +112,14 @@ def report_bodies() -> list[Body]:
         window = records.Query(*WINDOW, model=model, user=user)
         for question in reports.DEFAULT_SINCE:
             for by in ("day", "model", "user") if question == "cost" else ("day",):
-                found.append(Body(f"reports.es_body({question!r}, by={by!r}, model={model!r})",
-                                  "SearchRequest", reports.es_body(question, window, by)))
+                found.append(Body(f"answers.es_body({question!r}, by={by!r}, model={model!r})",
+                                  "SearchRequest", es_answers.es_body(question, window, by)))
     for args in ((None, None, None, None, 20), ("req_1", "user_001", "trace-7", "timeout", 5)):
-        found.append(Body(f"reports.search_body{args}", "SearchRequest",
-                          reports.search_body(*args)))
-    every = reports.Search("req_1", "user_001", "trace-7", "timeout", "gpt-4o", (500, 600),
-                           WINDOW[0], WINDOW[1], 5)
-    found.append(Body(f"reports.{every}.body()", "SearchRequest", every.body()))
+        found.append(Body(f"answers.search_body{args}", "SearchRequest",
+                          es_answers.search_body(*args)))
+    every = catalogue.Search("req_1", "user_001", "trace-7", "timeout", "gpt-4o", "5xx",
+                             WINDOW[0], WINDOW[1], 5)
+    found.append(Body(f"catalogue.{every}.body()", "SearchRequest", every.body()))
     return found
 
 
@@ -207,7 +212,7 @@ def test_every_body_is_one_the_api_types_allow(checked: Checked) -> None:
     # The policy, three templates and the data stream.
     assert sum(label.startswith("setup PUT") for label in labels) == 5
     assert sum(label.startswith("queries/") for label in labels) >= 3
-    assert sum(label.startswith("reports.") for label in labels) >= 8
+    assert sum(label.startswith("answers.") for label in labels) >= 8
 
 
 @pytest.mark.parametrize("token", list(PLANTED))

@@ -15,9 +15,10 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from receiver import ReceiverProcess
 
 from ingest.sample import sample_event
-from ingest.testing import ReceiverProcess, signed
+from ingest.testing import signed
 
 pytestmark = pytest.mark.integration
 

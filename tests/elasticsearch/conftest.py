@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from receiver import docker_reachable
 
-from ingest.sink import MAPPINGS, POLICY, SETTINGS, TEMPLATE, Connection, ElasticsearchSink
-from ingest.testing import docker_reachable
+from ingest.admin.elasticsearch import MAPPINGS, POLICY, SETTINGS, TEMPLATE
+from ingest.elastic import Connection
+from ingest.ship.elasticsearch import ElasticsearchSink
 
 IMAGE = "docker.elastic.co/elasticsearch/elasticsearch:9.1.5"
 NO_CLUSTER = ("no Docker daemon and INGEST_TEST_ELASTICSEARCH_URL not set: "

@@ -14,11 +14,14 @@ import orjson
 import pytest
 
 from ingest import records
-from ingest.enrich import Enricher
-from ingest.prices import PriceBook
+from ingest.admin.elasticsearch import POLICY
+from ingest.admin.elasticsearch import setup as install
+from ingest.elastic import CLIENT_MAJOR
+from ingest.receive.enrich import Enricher
+from ingest.receive.prices import PriceBook
 from ingest.records import Pending, Row
-from ingest.shipper import Shipper
-from ingest.sink import CLIENT_MAJOR, POLICY, ElasticsearchSink
+from ingest.ship.elasticsearch import ElasticsearchSink
+from ingest.ship.shipper import Shipper
 from ingest.store import PENDING, Reader, Store
 
 pytestmark = [pytest.mark.elasticsearch, pytest.mark.usefixtures("assets_restored")]
@@ -78,7 +81,7 @@ def local(tmp_path: Path) -> Iterator[Local]:
 
 
 async def setup(sink: ElasticsearchSink, stream: str) -> list[str]:
-    return await sink.setup(stream, *NUMBERS)
+    return await install(sink.cluster, stream, *NUMBERS)
 
 
 async def count(sink: ElasticsearchSink, stream: str) -> int:
@@ -278,7 +281,8 @@ def test_an_id_over_512_bytes_never_stalls_shipping(cluster: Any, stream: str,
 def test_reports_and_search_agree_with_the_store(cluster: Any, stream: str,
                                                  local: Local) -> None:
     """Same questions, both backends: exact from the store, t-digest from Elasticsearch."""
-    from ingest import reports
+    from ingest.answers import elasticsearch as es_answers
+    from ingest.answers import reports
 
     now_ms = int(time.time() * 1000)
     window = records.Query(now_ms - 3_600_000, now_ms + 60_000)
@@ -288,9 +292,9 @@ def test_reports_and_search_agree_with_the_store(cluster: Any, stream: str,
         assert all(await local.store.write(rows(200, "rep"), (), 0))
         await local.shipper(sink, stream).drain(timeout=60)
         await sink.client.indices.refresh(index=stream)
-        found = {q: reports.from_es(q, window, await sink.search(
-            stream, reports.es_body(q, window))) for q in ("latency", "errors", "cost")}
-        hits = await sink.search(stream, reports.search_body(None, "user_001", "trace-7",
+        found = {q: es_answers.from_es(q, window, await sink.cluster.search(
+            stream, es_answers.es_body(q, window))) for q in ("latency", "errors", "cost")}
+        hits = await sink.cluster.search(stream, es_answers.search_body(None, "user_001", "trace-7",
                                                              None, 5))
         found["search"] = [h["_source"]["id"] for h in hits["hits"]["hits"]]
         return found
@@ -317,7 +321,8 @@ def test_a_copy_resent_after_a_rollover_is_counted_once(cluster: Any, stream: st
                                                         local: Local) -> None:
     """`create` with `_id` conflicts only within the write index: an event re-sent after a
     rollover becomes a second document. Search and every report still count it once."""
-    from ingest import reports
+    from ingest.answers import elasticsearch as es_answers
+    from ingest.answers import reports
 
     now_ms = int(time.time() * 1000)
     window = records.Query(now_ms - 3_600_000, now_ms + 60_000)
@@ -354,16 +359,17 @@ def test_a_copy_resent_after_a_rollover_is_counted_once(cluster: Any, stream: st
             "documents": await count(sink, stream), "stats": shipper.stats,
             "copies": sorted(h["_index"] for h in copies["hits"]["hits"])}
         for question in ("latency", "errors", "cost"):
-            found[question] = reports.from_es(question, window, await sink.search(
-                stream, reports.es_body(question, window)))
-        found["cost_by_user"] = reports.from_es("cost", window, await sink.search(
-            stream, reports.es_body("cost", window, "user")), "user")
-        for name, body in (("by_id", reports.search_body(dup_id, None, None, None, 10)),
-                           ("by_user", reports.search_body(None, "user_dup", None, None, 10)),
-                           ("by_text", reports.search_body(None, None, None, "bad gateway", 10))):
-            answer = await sink.search(stream, body)
+            found[question] = es_answers.from_es(question, window, await sink.cluster.search(
+                stream, es_answers.es_body(question, window)))
+        found["cost_by_user"] = es_answers.from_es("cost", window, await sink.cluster.search(
+            stream, es_answers.es_body("cost", window, "user")), "user")
+        search_body = es_answers.search_body
+        for name, body in (("by_id", search_body(dup_id, None, None, None, 10)),
+                           ("by_user", search_body(None, "user_dup", None, None, 10)),
+                           ("by_text", search_body(None, None, None, "bad gateway", 10))):
+            answer = await sink.cluster.search(stream, body)
             found[name] = ([h["_source"]["id"] for h in answer["hits"]["hits"]],
-                           [d["id"] for d in reports.search_hits(answer)])
+                           [d["id"] for d in es_answers.search_hits(answer)])
         return found
 
     es = cluster.run(scenario)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from receiver import ReceiverProcess
 
 from ingest.store import Reader
-from ingest.testing import SECRET, ReceiverProcess
+from ingest.testing import SECRET
 
 StartReceiver = Callable[..., ReceiverProcess]
 

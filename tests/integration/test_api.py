@@ -18,11 +18,12 @@ import httpx
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from receiver import ReceiverProcess, free_port
 from standardwebhooks.webhooks import Webhook
 
-from ingest.signing import sign
+from ingest.receive.signing import sign
 from ingest.store import Reader
-from ingest.testing import SECRET, ReceiverProcess, free_port, signed
+from ingest.testing import SECRET, signed
 
 pytestmark = pytest.mark.integration
 

@@ -21,11 +21,12 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from receiver import ReceiverProcess, wait_until
 
 from ingest.sample import sample_events
 from ingest.sender import request_for
 from ingest.store import DB_NAME
-from ingest.testing import SECRET, ReceiverProcess, wait_until
+from ingest.testing import SECRET
 
 pytestmark = pytest.mark.integration
 

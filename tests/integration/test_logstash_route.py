@@ -17,11 +17,12 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from receiver import ReceiverProcess, store_counts, wait_until
 
 from ingest.sample import sample_events
 from ingest.sender import request_for
 from ingest.store import Reader
-from ingest.testing import SECRET, ReceiverProcess, store_counts, wait_until
+from ingest.testing import SECRET
 
 pytestmark = pytest.mark.integration
 

@@ -24,8 +24,7 @@ import httpx
 import pytest
 import yaml
 from compose_env import dummy, example_values
-
-from ingest.testing import free_port
+from receiver import free_port
 
 pytestmark = pytest.mark.integration
 

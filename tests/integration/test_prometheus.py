@@ -13,9 +13,10 @@ import httpx
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from receiver import ReceiverProcess, free_port
 
 from ingest.sender import request_for
-from ingest.testing import SECRET, ReceiverProcess, free_port
+from ingest.testing import SECRET
 
 pytestmark = pytest.mark.integration
 
@@ -139,7 +140,7 @@ def test_a_real_prometheus_scrapes_the_receiver(receiver: ReceiverProcess,
 
 
 def test_store_gauges_follow_the_store(receiver: ReceiverProcess) -> None:
-    from ingest.testing import wait_until
+    from receiver import wait_until
 
     def pending() -> float | None:
         got = samples(httpx.get(receiver.url + "/metrics").text)

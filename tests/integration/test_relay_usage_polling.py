@@ -15,9 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from receiver import ReceiverProcess, wait_until
 from relay_usage_server import UsageServer
 
-from ingest.testing import ReceiverProcess, signed, wait_until
+from ingest.testing import signed
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,9 @@ import orjson
 import pytest
 import trustme
 from prometheus_client.parser import text_string_to_metric_families
+from receiver import ReceiverProcess, wait_until
 
-from ingest.testing import SECRET, ReceiverProcess, signed, wait_until
+from ingest.testing import SECRET, signed
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,8 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-
-from ingest.faults import FaultBulkServer
-from ingest.testing import free_port, store_counts
+from faults import FaultBulkServer
+from receiver import free_port, store_counts
 
 pytestmark = pytest.mark.integration
 
@@ -67,9 +66,11 @@ def test_refused_credentials_never_echo_the_password() -> None:
 
 
 def test_ship_once_stops_on_a_refusal_with_its_reason(tmp_path: Path) -> None:
+    from receiver import ReceiverProcess
+
     from ingest.sample import sample_events
     from ingest.sender import request_for
-    from ingest.testing import SECRET, ReceiverProcess
+    from ingest.testing import SECRET
 
     data = tmp_path / "data"
     with ReceiverProcess(data) as server:  # no sink: events stay pending in the store

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from faults import FaultBulkServer
+from receiver import ReceiverProcess, store_counts, wait_until
 
-from ingest.faults import FaultBulkServer
 from ingest.sample import sample_events
 from ingest.sender import request_for
 from ingest.store import Reader
-from ingest.testing import SECRET, ReceiverProcess, store_counts, wait_until
+from ingest.testing import SECRET
 
 pytestmark = pytest.mark.integration
 

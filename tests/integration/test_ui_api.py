@@ -15,11 +15,12 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from receiver import ReceiverProcess, free_port, wait_until
 from relay_usage_server import UsageServer
 
 from ingest.records import iso_ms
 from ingest.sample import sample_event
-from ingest.testing import SECRET, ReceiverProcess, free_port, signed, wait_until
+from ingest.testing import SECRET, signed
 
 pytestmark = pytest.mark.integration
 

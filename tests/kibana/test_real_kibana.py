@@ -23,9 +23,9 @@ from typing import Any
 
 import httpx
 import pytest
+from receiver import docker_reachable
 
-from ingest.kibana import import_saved_objects, saved_objects_path
-from ingest.testing import docker_reachable
+from ingest.admin.kibana import import_saved_objects, saved_objects_path
 
 pytestmark = pytest.mark.elasticsearch
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from ingest.errors import ConfigError
-from ingest.settings import Settings, load, parse_duration
+from ingest.settings import Settings, documented, load, parse_duration, serve_epilog
 
 
 @pytest.fixture(autouse=True)
@@ -252,3 +253,55 @@ def test_relay_usage_misconfigurations_are_clear_and_never_show_the_key(clean_en
         assert name in info.value.message
     assert RELAY_KEY not in info.value.message
     assert RELAY_KEY not in str(info.value)
+
+
+# -- documented once: the field descriptions feed --help, and the README is held to them ------
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _readme_settings() -> dict[str, str]:
+    """Each variable in the first cell of a README table row -> its default cell part."""
+    found: dict[str, str] = {}
+    for line in README.read_text().splitlines():
+        if not line.startswith("| `INGEST_"):
+            continue
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        names = re.findall(r"`(INGEST_[A-Z0-9_]+)`", cells[0])
+        defaults = [part.strip() for part in cells[1].split(" / ")]
+        assert len(defaults) in (1, len(names)), f"one default per variable: {line}"
+        for name, default in zip(names, defaults * len(names) if len(defaults) == 1
+                                 else defaults, strict=True):
+            assert name not in found, f"{name} is in two README rows"
+            found[name] = default
+    return found
+
+
+def test_every_setting_has_a_description() -> None:
+    assert [name for name, _, text in documented() if not text] == []
+
+
+def test_the_readme_lists_every_setting_with_its_default() -> None:
+    listed = _readme_settings()
+    assert sorted(set(name for name, _, _ in documented()) - set(listed)) == []
+    assert sorted(set(listed) - set(name for name, _, _ in documented())) == []
+    wrong = []
+    for name, default, _ in documented():
+        cell = listed[name]
+        if default is None:
+            ok = cell in ("none", "(required)")
+        else:
+            ok = cell.startswith(f"`{default}`") or cell.startswith(f"`./{default}`")
+        if not ok:
+            wrong.append(f"{name}: README says {cell!r}, Settings say {default!r}")
+    assert wrong == []
+
+
+def test_serve_help_lists_every_setting_from_its_description() -> None:
+    epilog = serve_epilog()
+    flat = " ".join(epilog.split())
+    for name, default, text in documented():
+        assert f"  {name}\n" in epilog
+        assert text in flat
+        if default is not None:
+            assert f"{text} (default {default})" in flat
+    assert "INGEST_HOUSEKEEPING" in epilog  # the hand-written list had lost it

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from ingest import cli
+from ingest.cli.parser import main
 from ingest.errors import ConfigError
 from ingest.settings import Settings, load
 from ingest.ui import access
@@ -101,8 +101,8 @@ def test_serve_refuses_to_start_open_beyond_loopback(
     monkeypatch.delenv("INGEST_UI_TOKEN", raising=False)
     monkeypatch.delenv("INGEST_UI", raising=False)
     started: list[Any] = []
-    monkeypatch.setattr("ingest.server.serve", lambda *a: started.append(a))
-    code = cli.main(["serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path / "d")])
+    monkeypatch.setattr("ingest.receive.server.serve", lambda *a: started.append(a))
+    code = main(["serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path / "d")])
     assert code == 2 and not started
     err = capsys.readouterr().err
     assert "INGEST_HOST=0.0.0.0" in err and "INGEST_UI_TOKEN" in err

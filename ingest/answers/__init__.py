@@ -1,0 +1,1 @@
+"""Answers: the question catalogue (reports and search) and how a terminal shows them."""

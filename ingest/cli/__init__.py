@@ -1,0 +1,1 @@
+"""The `holysheep-ingest` command: the parser, and its commands grouped by what they touch."""

@@ -1,0 +1,1 @@
+"""Receiving: the webhook endpoint, its signature, body, enrichment and HTTP server."""

@@ -1,0 +1,1 @@
+"""Shipping: the shipper loop, bulk planning, and the Elasticsearch and Logstash sinks."""
