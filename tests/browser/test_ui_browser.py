@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from receiver import ReceiverProcess
+from receiver import ReceiverProcess, wait_until
 
 from ingest.sample import sample_event
 from ingest.testing import signed
@@ -101,6 +101,7 @@ def test_the_page_shows_the_apis_and_the_clis_numbers(
     page.goto(receiver.url + "/ui/")
     page.wait_for_selector(LOADED, state="attached", timeout=LOAD_TIMEOUT_MS)
     assert page.inner_text("#status") == ""
+    assert not page.is_visible("#quota")  # no usage endpoint configured: nothing to show
 
     # Totals: the page, the API and the CLI, over the same hour.
     errors = api(receiver, "/report/errors")
@@ -182,3 +183,24 @@ def test_a_window_button_changes_every_panel(receiver: ReceiverProcess, browser:
     page.click("#windows button[data-since='custom']")
     assert page.is_visible("#custom")
     page.close()
+
+
+def test_the_quota_shows_remaining_limit_and_the_last_poll_never_the_key(
+        tmp_path: Path, browser: Any) -> None:
+    from relay_usage_server import UsageServer
+
+    key = "relay-key-shown-nowhere-42"
+    with UsageServer() as usage:
+        usage.answer(200, {"remaining": 7500, "total": 10000})
+        env = {"INGEST_RELAY_USAGE_URL": usage.url, "INGEST_RELAY_API_KEY": key,
+               "NO_PROXY": "127.0.0.1"}
+        with ReceiverProcess(tmp_path / "data", env=env) as receiver:
+            wait_until(lambda: httpx.get(receiver.url + "/api/v1/quota").json().get(
+                "remaining") == 7500, 15, "the first poll")
+            page = browser.new_page()
+            page.goto(receiver.url + "/ui/")
+            page.wait_for_selector(LOADED, state="attached", timeout=LOAD_TIMEOUT_MS)
+            assert page.inner_text("#quota-value") == "7,500 / 10,000"
+            assert "polled" in page.inner_text("#quota")
+            assert key not in page.content()
+            page.close()
