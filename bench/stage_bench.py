@@ -32,7 +32,7 @@ from ingest.receive.prices import PriceBook
 from ingest.receive.signing import Secret, sign, verify
 from ingest.records import Row
 from ingest.sample import sample_event
-from ingest.store import Store
+from ingest.store import Budget, Store
 from ingest.testing import SECRET
 
 BATCH = 100
@@ -81,7 +81,7 @@ def one_round(count: int, seed: int, prices: PriceBook) -> dict[str, float]:
 
     work = Path(tempfile.mkdtemp(prefix="hs-stage-"))
     try:
-        store = Store(work, sync="normal", min_free_bytes=0, max_bytes=1 << 40)
+        store = Store(work, sync="normal", budget=Budget(max_bytes=1 << 40, min_free_bytes=0))
 
         async def write_all() -> None:
             store.start()

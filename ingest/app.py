@@ -24,7 +24,7 @@ from ingest.receive.prices import PriceBook
 from ingest.receive.webhook import WebhookEndpoint, http_status
 from ingest.settings import Settings
 from ingest.ship.shipper import Shipper, Sink
-from ingest.store import Reader, Store
+from ingest.store import Budget, Reader, Retention, Store
 
 if TYPE_CHECKING:
     import httpx
@@ -57,11 +57,10 @@ def build_store(settings: Settings, clock: Callable[[], float] = time.time) -> S
     return Store(
         settings.data_dir,
         sync=settings.store_sync,
-        max_bytes=int(settings.max_store_bytes),
-        min_free_bytes=int(settings.min_free_disk_bytes),
-        retention_ms=int(settings.retention.total_seconds() * 1000),
+        budget=Budget(int(settings.max_store_bytes), int(settings.min_free_disk_bytes)),
+        retention=Retention(int(settings.retention.total_seconds() * 1000),
+                            keep_pending=settings.sink_kind() is not None),
         housekeeping_s=settings.housekeeping.total_seconds(),
-        keep_pending=settings.sink_kind() is not None,
         clock=clock,
     )
 

@@ -42,12 +42,12 @@ def fill_store(data_dir: Path, events: Iterable[dict[str, Any]], received_ms: in
     """Store `events` through the normal validate, enrich and write path (benchmarks, tests)."""
     from ingest.receive.body import validate
     from ingest.receive.enrich import Enricher
-    from ingest.store import Store
+    from ingest.store import Budget, Store
 
     enricher = Enricher.default(prices or PriceBook(lookup=None))
 
     async def run() -> None:
-        store = Store(data_dir, min_free_bytes=0, max_bytes=1 << 40)
+        store = Store(data_dir, budget=Budget(max_bytes=1 << 40, min_free_bytes=0))
         store.start()
         batch = []
         for event in events:

@@ -2,11 +2,12 @@
 
 from ingest.records import Invalid
 from ingest.store.ops import mark_done, purge_dead, requeue_dead
+from ingest.store.options import Background, Budget, Retention
 from ingest.store.reader import Reader
 from ingest.store.schema import DB_NAME, DEAD, PENDING, SHIPPED, STATES
 from ingest.store.writer import Op, Store
 
 __all__ = [
-    "DB_NAME", "DEAD", "PENDING", "SHIPPED", "STATES", "Invalid", "Op", "Reader", "Store",
-    "mark_done", "purge_dead", "requeue_dead",
+    "DB_NAME", "DEAD", "PENDING", "SHIPPED", "STATES", "Background", "Budget", "Invalid", "Op",
+    "Reader", "Retention", "Store", "mark_done", "purge_dead", "requeue_dead",
 ]

@@ -15,22 +15,18 @@ from pathlib import Path
 
 from ingest.errors import StoreError, StoreFull, StoreUnavailable
 from ingest.records import Invalid, Row
-from ingest.store import index, opening, space
+from ingest.store import capacity, index, opening, retention, space
 from ingest.store.durability import Durability
+from ingest.store.options import Background, Budget, Retention
 from ingest.store.schema import (
     CHUNKS,
     DB_NAME,
-    DEAD,
     INSERTS,
-    PENDING,
-    PRUNE_CHUNK,
     QUARANTINE,
     ROW_OVERHEAD,
 )
 
 log = logging.getLogger("ingest.store")
-# While the store refuses writes, what it waits for is logged again this often.
-FULL_LOG_EVERY_S = 60.0
 
 
 Op = Callable[[sqlite3.Connection], None]
@@ -61,36 +57,23 @@ class Store:
         data_dir: Path,
         *,
         sync: str = "full",
-        max_bytes: int = 10 << 30,
-        min_free_bytes: int = 100 << 20,
-        retention_ms: int = 30 * 86_400_000,
+        budget: Budget = Budget(),
+        retention: Retention = Retention(),
+        background: Background = Background(),
         housekeeping_s: float = 30.0,
-        keep_pending: bool = False,
-        index_batch: int = 1500,
-        index_delay_s: float = 1.0,
-        checkpoint_every_s: float = 1.0,
-        wal_limit_bytes: int = 64 << 20,
         clock: Callable[[], float] = time.time,
         disk_free: Callable[[Path], int] = space.free_disk,
     ) -> None:
-        """`index_batch`, `index_delay_s`: the indexer thread fills the derived tables once
-        this many events wait, or this long after its last round. `wal_limit_bytes`: the
-        size a WAL grown by a burst is cut back to when it starts over."""
+        """`sync`: "full" fsyncs each commit group before answering, "normal" survives
+        crashes only. `housekeeping_s`: how often retention and the capacity check run."""
         self.path = Path(data_dir) / DB_NAME
-        # With a sink, retention never deletes what has not been shipped yet.
-        self.keep_pending = keep_pending
         self.sync = sync
-        self.max_bytes = max_bytes
-        self.min_free_bytes = min_free_bytes
-        self.retention_ms = retention_ms
+        self.retention = retention
+        self.background = background
         self.housekeeping_s = housekeeping_s
         self.clock = clock
-        self.disk_free = disk_free
-        self.index_batch = index_batch
-        self.index_delay_s = index_delay_s
-        self.checkpoint_every_s = checkpoint_every_s
-        self.wal_limit_bytes = wal_limit_bytes
-        self.full_reason: str | None = None
+        self.capacity = capacity.Capacity(self.path, budget, disk_free=disk_free,
+                                          pause=self._pause_indexer)
         self.last_error: str | None = None
         self._conn: sqlite3.Connection | None = None
         self._queued: list[_Job] = []
@@ -100,13 +83,22 @@ class Store:
         self._durability: Durability | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._indexer: index.Indexer | None = None
-        self._checked_at = 0.0
         self._added = self._fresh = 0
-        self.space: space.Space | None = None  # the last measurement
-        self._room = 0  # bytes of rows left before a limit, as of `space`
-        self._disk_short = False  # refusing for the disk (not the size limit)
         self._waiting_to_open = False  # the disk had no room to open the store on
-        self._full_logged_at = 0.0
+
+    @property
+    def full_reason(self) -> str | None:
+        """Why writes are refused (StoreFull), None while they are taken."""
+        return self.capacity.full_reason
+
+    @full_reason.setter
+    def full_reason(self, reason: str | None) -> None:
+        self.capacity.full_reason = reason
+
+    @property
+    def space(self) -> space.Space | None:
+        """The last measurement of the store and its disk."""
+        return self.capacity.space
 
     # lifecycle -------------------------------------------------------------------------------
     def check(self) -> None:
@@ -128,7 +120,7 @@ class Store:
             self._open()
         except StoreFull as exc:
             self._waiting_to_open = True
-            self._set_full(exc.message, disk=True)
+            self.capacity.set_full(exc.message, disk=True)
         else:
             self._check_space(force=True)
         with contextlib.suppress(RuntimeError):  # no loop: a command-line tool, a test
@@ -139,11 +131,12 @@ class Store:
         """Raises StoreFull when opening needed a write the disk had no room for."""
         conn: sqlite3.Connection | None = None
         try:
-            conn = opening.open_writer(self.path, self.wal_limit_bytes)
+            background = self.background
+            conn = opening.open_writer(self.path, background.wal_limit_bytes)
             self._durability = Durability(self.path, full=self.sync == "full",
-                                          checkpoint_every_s=self.checkpoint_every_s)
-            self._indexer = index.Indexer(self.path.parent, batch=self.index_batch,
-                                          delay_s=self.index_delay_s,
+                                          checkpoint_every_s=background.checkpoint_every_s)
+            self._indexer = index.Indexer(self.path.parent, batch=background.index_batch,
+                                          delay_s=background.index_delay_s,
                                           readers=self._durability.readers)
         except (sqlite3.Error, OSError) as exc:
             self._stop_indexer()
@@ -152,18 +145,11 @@ class Store:
                 self._durability = None
             if conn is not None:
                 conn.close()
-            if space.no_space(exc, self._free_disk()):
+            if space.no_space(exc, self.capacity.free_disk()):
                 raise StoreFull(f"the disk under the store at {self.path} is too full to "
                                 f"open it: {exc}") from exc
             raise StoreUnavailable(f"cannot open the store at {self.path}: {exc}") from exc
         self._conn = conn
-
-    def _free_disk(self) -> int | None:
-        """Free bytes on the store's disk (its nearest folder that exists), None if unknown."""
-        for folder in (self.path.parent, *self.path.parent.parents):
-            with contextlib.suppress(OSError):
-                return self.disk_free(folder)
-        return None
 
     def close(self) -> None:
         """Commit whatever is queued, then close. Call from the loop that wrote, or with none."""
@@ -187,18 +173,19 @@ class Store:
             self._indexer.close()
             self._indexer = None
 
+    def _pause_indexer(self, disk_short: bool) -> None:
+        if self._indexer is not None:
+            # The derived tables can wait; the disk they would take is the WAL checkpoint's.
+            self._indexer.paused = disk_short
+
     @property
     def running(self) -> bool:
         return self._conn is not None
 
     # writing ---------------------------------------------------------------------------------
     def refuse_if_full(self) -> None:
-        if self._conn is None:
-            if self._waiting_to_open and self.full_reason is not None:
-                raise StoreFull(self.full_reason)
-            raise StoreUnavailable("the store is not open")
-        if self.full_reason is not None:
-            raise StoreFull(self.full_reason)
+        self.capacity.refuse(running=self._conn is not None,
+                             waiting_to_open=self._waiting_to_open)
 
     async def write(self, rows: Sequence[Row], invalid: Sequence[Invalid] = (),
                     received_ms: int = 0) -> list[bool]:
@@ -263,8 +250,7 @@ class Store:
         self._durability.tidy(self._conn)
         if self._indexer is not None:
             self._indexer.added(self._fresh)
-        self._room -= self._added
-        self._check_space(force=self._room < 0)
+        self._measured(self.capacity.spent(self._conn, self._added))
         self._durability.committed(asyncio.get_running_loop(),
                                    lambda error: self._durable(jobs, error))
 
@@ -340,7 +326,7 @@ class Store:
         if space.no_space(exc):
             # Refused from now on: the housekeeping timer checkpoints the WAL and measures
             # again, and takes writes once the disk has room (`_check_space`).
-            self._set_full("the disk under the store is full", disk=True)
+            self.capacity.set_full("the disk under the store is full", disk=True)
             return StoreFull("the disk under the store is full")
         return StoreUnavailable(f"the store could not commit: {exc}")
 
@@ -354,7 +340,7 @@ class Store:
                 self._timer = loop.call_later(self.housekeeping_s, self._housekeeping)
             return
         more = False
-        if self._disk_short:
+        if self.capacity.disk_short:
             # Pruning frees no disk (pages go to the free list) and would need WAL space the
             # disk may not have: first copy the WAL into the database and give its disk back.
             self._recover(loop)
@@ -372,7 +358,7 @@ class Store:
         try:
             self._open()
         except StoreFull as exc:
-            self._set_full(exc.message, disk=True)
+            self.capacity.set_full(exc.message, disk=True)
             return
         except StoreUnavailable as exc:
             self.last_error = exc.message
@@ -385,9 +371,10 @@ class Store:
     def _recover(self, loop: asyncio.AbstractEventLoop) -> None:
         """While the disk is short: checkpoint the WAL on the checkpoint thread and, once all
         of it is in the database, truncate it; then measure again."""
-        if self._durability is None or self.space is None or not self.space.wal:
+        measured = self.capacity.space
+        if self._durability is None or measured is None or not measured.wal:
             return
-        wal = self.space.wal
+        wal = measured.wal
         self._durability.recover(loop, lambda error: self._recovered(wal, error))
 
     def _recovered(self, wal: int, error: str | None) -> None:
@@ -402,87 +389,15 @@ class Store:
         self._check_space(force=True)
 
     def prune(self, max_chunks: int | None = None) -> bool:
-        """Delete events and quarantined items older than the retention; True if more remain.
-
-        Rows are taken oldest first by sequence, which follows receive order: no index on
-        receive time is needed, which keeps every insert cheaper. With a sink, only shipped
-        and dead events expire, taken in order from their own index: unshipped ones at the
-        front (a sink down for longer than the retention) are stepped over, not stopped at.
-        """
-        conn = self._conn
-        assert conn is not None
-        cutoff = int(self.clock() * 1000) - self.retention_ms
-        settled = f" WHERE state != {PENDING}" if self.keep_pending else ""
-        chunks = 0
-        for table, key, among in (("events", "seq", settled), ("quarantine", "id", "")):
-            while True:
-                where = (f"{key} IN (SELECT {key} FROM {table}{among} ORDER BY {key} "
-                         f"LIMIT {PRUNE_CHUNK}) AND received_at < ?")
-                # One transaction a chunk: events and the keys their derived rows go by.
-                with conn:
-                    conn.execute("BEGIN IMMEDIATE")
-                    if table == "events":
-                        gone = index.forget(conn, where, (cutoff,))
-                    else:
-                        gone = conn.execute(f"DELETE FROM {table} WHERE {where}",
-                                            (cutoff,)).rowcount
-                chunks += 1
-                if gone < PRUNE_CHUNK:
-                    break
-                if max_chunks is not None and chunks >= max_chunks:
-                    return True
-        with conn:
-            conn.execute("DELETE FROM dead_letters WHERE seq NOT IN (SELECT seq FROM events "
-                         f"WHERE state = {DEAD})")
-            if self._indexer is not None:
-                index.drop_forgotten(conn, self._indexer.forgotten)
-        return False
-
-    def _index_bytes(self) -> int:
-        """The derived tables' file and its WAL: disk the store takes all the same."""
-        if self._indexer is None:
-            return 0
-        main = self._indexer.path
-        return sum(path.stat().st_size for path in (main, Path(f"{main}-wal")) if path.exists())
+        """Delete events and quarantined items older than the retention; True if more remain
+        (see `retention.prune`)."""
+        assert self._conn is not None
+        return retention.prune(self._conn, self.retention, int(self.clock() * 1000),
+                               self._indexer, max_chunks)
 
     def _check_space(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._checked_at < 0.5:
-            return
-        self._checked_at = now
-        conn = self._conn
-        if conn is None:
-            return
-        try:
-            pages = conn.execute("PRAGMA page_count").fetchone()[0]
-            free_pages = conn.execute("PRAGMA freelist_count").fetchone()[0]
-            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-            measured = space.measure((pages - free_pages) * page_size + self._index_bytes(),
-                                     pages, page_size, self.path, self.disk_free(self.path.parent))
-        except (sqlite3.Error, OSError) as exc:
-            self.last_error = f"cannot measure the store: {exc}"
-            return
-        self.space = measured
-        # Rows written count down from it: a burst brings the next measurement forward.
-        self._room = space.room(measured, self.max_bytes, self.min_free_bytes)
-        short = space.short_of_disk(measured, self.min_free_bytes)
-        self._set_full(space.over_limit(measured, self.max_bytes) or short,
-                       disk=short is not None)
+        self._measured(self.capacity.check(self._conn, force))
 
-    def _set_full(self, reason: str | None, *, disk: bool) -> None:
-        """Refuse writes for `reason` (None: take them); say so when that changes, and say
-        again what the store waits for every `FULL_LOG_EVERY_S` while it lasts."""
-        was, self.full_reason, self._disk_short = self.full_reason, reason, disk
-        if self._indexer is not None:
-            # The derived tables can wait; the disk they would take is the WAL checkpoint's.
-            self._indexer.paused = disk
-        now = time.monotonic()
-        if reason is None:
-            if was is not None:
-                log.warning("the store takes writes again")
-        elif was is None or now - self._full_logged_at >= FULL_LOG_EVERY_S:
-            self._full_logged_at = now
-            waiting = ("room on the disk (delete files, or grow it)" if disk
-                       else "retention to free space")
-            log.warning("the store refuses writes (503 store_full): %s; waiting for %s",
-                        reason, waiting)
+    def _measured(self, error: str | None) -> None:
+        if error is not None:
+            self.last_error = error

@@ -22,7 +22,7 @@ from ingest.receive.prices import PriceBook
 from ingest.records import Pending, Row
 from ingest.ship.elasticsearch import ElasticsearchSink
 from ingest.ship.shipper import Shipper
-from ingest.store import PENDING, Reader, Store
+from ingest.store import PENDING, Budget, Reader, Retention, Store
 
 pytestmark = [pytest.mark.elasticsearch, pytest.mark.usefixtures("assets_restored")]
 
@@ -59,7 +59,8 @@ class Local:
     """A store with rows in it and a reader, in a temporary directory."""
 
     def __init__(self, data: Path) -> None:
-        self.store = Store(data, min_free_bytes=0, keep_pending=True, housekeeping_s=3600)
+        self.store = Store(data, budget=Budget(min_free_bytes=0),
+                           retention=Retention(keep_pending=True), housekeeping_s=3600)
         self.store.start()
         self.reader = Reader(data)
 

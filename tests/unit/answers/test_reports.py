@@ -16,7 +16,7 @@ from ingest.errors import ConfigError
 from ingest.receive.enrich import Enricher
 from ingest.receive.prices import PriceBook, Rate
 from ingest.records import Query
-from ingest.store import Reader, Store
+from ingest.store import Background, Reader, Store
 
 DAY1 = 1_790_000_000_000 - 1_790_000_000_000 % 86_400_000  # a UTC midnight
 HOUR = 3_600_000
@@ -66,7 +66,7 @@ def reader(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequ
     first = {"tail": 0, "indexed": len(rows), "split": len(rows) // 2}[request.param]
 
     async def fill() -> None:
-        store = Store(data, index_batch=10**9, index_delay_s=10**9)
+        store = Store(data, background=Background(index_batch=10**9, index_delay_s=10**9))
         store.start()
         await store.write(rows[:first])
         store.catch_up()

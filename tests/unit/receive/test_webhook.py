@@ -19,7 +19,7 @@ from ingest.metrics import Metrics
 from ingest.receive.enrich import Enricher
 from ingest.receive.prices import PriceBook, Rate
 from ingest.receive.webhook import WebhookEndpoint
-from ingest.store import Reader, Store
+from ingest.store import Budget, Reader, Store
 
 NOW = 1_700_000_000.0
 NOW_MS = int(NOW * 1000)
@@ -103,7 +103,7 @@ class Harness:
 
 @pytest.fixture
 def store(tmp_path):
-    s = Store(tmp_path / "data", min_free_bytes=0)
+    s = Store(tmp_path / "data", budget=Budget(min_free_bytes=0))
     s.start()
     yield s
     s.close()

@@ -30,7 +30,7 @@ from ingest.records import Pending, Row
 from ingest.ship import bulk
 from ingest.ship.elasticsearch import ElasticsearchSink
 from ingest.ship.shipper import Shipper
-from ingest.store import PENDING, Reader, Store, purge_dead, requeue_dead
+from ingest.store import PENDING, Budget, Reader, Retention, Store, purge_dead, requeue_dead
 
 T = TypeVar("T")
 STREAM = "logs-holysheep.requests-default"
@@ -73,7 +73,8 @@ class Rig:
     """A started store, a reader on it and the fault server; shippers built on demand."""
 
     def __init__(self, data: Path, server: FaultBulkServer) -> None:
-        self.store = Store(data, min_free_bytes=0, keep_pending=True, housekeeping_s=3600)
+        self.store = Store(data, budget=Budget(min_free_bytes=0),
+                           retention=Retention(keep_pending=True), housekeeping_s=3600)
         self.store.start()
         self.reader = Reader(data)
         self.server = server

@@ -15,7 +15,7 @@ import pytest
 from receiver import wait_until
 
 from ingest.errors import StoreUnavailable
-from ingest.store import Store, index
+from ingest.store import Background, Budget, Store, index
 from ingest.store.durability import (
     CHECKPOINT_NICE,
     CHECKPOINT_PASSES,
@@ -83,7 +83,7 @@ def test_commits_during_an_fsync_share_the_next_one(tmp_path: Path,
 
 def test_a_failed_fsync_fails_the_writes_it_covered(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    store = Store(tmp_path, min_free_bytes=0)
+    store = Store(tmp_path, budget=Budget(min_free_bytes=0))
     store.start()
 
     def broken(fd: int) -> None:
@@ -124,8 +124,8 @@ def test_the_wal_starts_over_under_continuous_writes(
             return found
 
         monkeypatch.setattr(index.Indexer, "_apply_forgotten", slow)
-    store = Store(tmp_path, min_free_bytes=0, checkpoint_every_s=0.01, wal_limit_bytes=1 << 20,
-                  **pace)
+    store = Store(tmp_path, budget=Budget(min_free_bytes=0),
+                  background=Background(checkpoint_every_s=0.01, wal_limit_bytes=1 << 20, **pace))
     store.start()
     blob = b"x" * 4000
     count = 2500 if indexer == "quiet" else 6000

@@ -13,7 +13,17 @@ from receiver import wait_until
 
 from ingest.errors import StoreUnavailable
 from ingest.records import Query, Row
-from ingest.store import DB_NAME, DEAD, Reader, Store, index, purge_dead
+from ingest.store import (
+    DB_NAME,
+    DEAD,
+    Background,
+    Budget,
+    Reader,
+    Retention,
+    Store,
+    index,
+    purge_dead,
+)
 from ingest.store.index import watermarks
 from ingest.store.schema import INDEX_NAME
 from ingest.testing import row as make_row
@@ -33,7 +43,7 @@ def row(n: int, *, received_at: int = NOW_MS, user: str | None = "u", trace: str
 
 
 def open_store(path: Path, **kw: object) -> Store:
-    store = Store(path, min_free_bytes=0, **kw)  # type: ignore[arg-type]
+    store = Store(path, budget=Budget(min_free_bytes=0), **kw)  # type: ignore[arg-type]
     store.start()
     return store
 
@@ -59,11 +69,11 @@ def forgotten(path: Path) -> int:
         return conn.execute("SELECT count(*) FROM forgotten").fetchone()[0]
 
 
-QUIET = {"index_batch": 10**9, "index_delay_s": 10**9}  # the thread only runs when asked
+QUIET = Background(index_batch=10**9, index_delay_s=10**9)  # the thread only runs when asked
 
 
 def test_events_wait_in_the_tail_until_a_batch_is_due(tmp_path: Path) -> None:
-    store = open_store(tmp_path, index_batch=5, index_delay_s=10**9)
+    store = open_store(tmp_path, background=Background(index_batch=5, index_delay_s=10**9))
     try:
         asyncio.run(store.write([row(n) for n in range(4)]))
         with Reader(tmp_path) as reader:
@@ -92,7 +102,7 @@ def test_the_tables_are_filled_off_the_writers_thread_at_a_lower_priority(
     lowered: list[int] = []
     monkeypatch.setattr(index, "background_priority",
                         lambda: lowered.append(threading.get_ident()))
-    store = open_store(tmp_path, index_batch=1, index_delay_s=10**9)
+    store = open_store(tmp_path, background=Background(index_batch=1, index_delay_s=10**9))
     try:
         asyncio.run(store.write([row(1)]))
         wait_until(lambda: mark(tmp_path) == 1, 10, "the indexer thread")
@@ -102,7 +112,7 @@ def test_the_tables_are_filled_off_the_writers_thread_at_a_lower_priority(
 
 
 def test_a_quiet_store_indexes_what_waits_after_the_delay(tmp_path: Path) -> None:
-    store = open_store(tmp_path, index_batch=10**9, index_delay_s=0.05)
+    store = open_store(tmp_path, background=Background(index_batch=10**9, index_delay_s=0.05))
     try:
         asyncio.run(store.write([row(1), row(2)]))
         wait_until(lambda: mark(tmp_path) == 2, 10, "the indexer's timer")
@@ -113,7 +123,7 @@ def test_a_quiet_store_indexes_what_waits_after_the_delay(tmp_path: Path) -> Non
 def test_catch_up_fills_every_table_in_steps(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(index, "STEP", 7)
-    store = open_store(tmp_path, **QUIET)
+    store = open_store(tmp_path, background=QUIET)
     try:
         asyncio.run(store.write([row(n) for n in range(30)]))
         assert mark(tmp_path) == 0
@@ -127,7 +137,8 @@ def test_catch_up_fills_every_table_in_steps(
 
 def test_pruning_takes_the_derived_rows_with_the_events(tmp_path: Path) -> None:
     now = [NOW_MS / 1000]
-    store = open_store(tmp_path, retention_ms=DAY_MS, clock=lambda: now[0], **QUIET)
+    store = open_store(tmp_path, retention=Retention(DAY_MS), clock=lambda: now[0],
+                       background=QUIET)
     try:
         asyncio.run(store.write([row(1, received_at=NOW_MS - 2 * DAY_MS, error="old"),
                                  row(2, user="v", trace="s", error="new")]))
@@ -151,13 +162,14 @@ def test_pruning_takes_the_derived_rows_with_the_events(tmp_path: Path) -> None:
 
 def test_keys_forgotten_before_a_stop_are_applied_after_the_restart(tmp_path: Path) -> None:
     now = [NOW_MS / 1000]
-    store = open_store(tmp_path, retention_ms=DAY_MS, clock=lambda: now[0], **QUIET)
+    store = open_store(tmp_path, retention=Retention(DAY_MS), clock=lambda: now[0],
+                       background=QUIET)
     asyncio.run(store.write([row(1, received_at=NOW_MS - 2 * DAY_MS), row(2)]))
     store.catch_up()
     store.prune()
     store.close()  # the indexer never saw the deletion
     assert derived_counts(tmp_path) == {"facts": 2, "by_user": 2, "by_trace": 2}
-    again = open_store(tmp_path, **QUIET)
+    again = open_store(tmp_path, background=QUIET)
     try:
         again.catch_up()
         assert derived_counts(tmp_path) == {"facts": 1, "by_user": 1, "by_trace": 1}
@@ -166,7 +178,7 @@ def test_keys_forgotten_before_a_stop_are_applied_after_the_restart(tmp_path: Pa
 
 
 def test_purging_the_newest_dead_letters_lets_new_events_be_indexed(tmp_path: Path) -> None:
-    store = open_store(tmp_path, **QUIET)
+    store = open_store(tmp_path, background=QUIET)
 
     def mark_dead(conn: sqlite3.Connection) -> None:
         conn.execute(f"UPDATE events SET state = {DEAD} WHERE seq >= 2")
@@ -196,7 +208,7 @@ def test_purging_the_newest_dead_letters_lets_new_events_be_indexed(tmp_path: Pa
 
 
 def test_a_store_no_receiver_of_this_release_opened_reads_as_all_tail(tmp_path: Path) -> None:
-    store = open_store(tmp_path, **QUIET)
+    store = open_store(tmp_path, background=QUIET)
     asyncio.run(store.write([row(1), row(2, user="v")]))
     store.close()
     (tmp_path / INDEX_NAME).unlink()
@@ -250,7 +262,7 @@ def test_an_older_store_is_upgraded_and_indexed(tmp_path: Path, version: int) ->
                          [tuple(row(n, user=f"u{n % 2}")) for n in range(10)])
         if version == 2:
             conn.executescript(V2_DERIVED)
-    store = open_store(tmp_path, **QUIET)
+    store = open_store(tmp_path, background=QUIET)
     try:
         with Reader(tmp_path) as reader:  # before indexing: all of it is tail
             assert len(reader.search(user="u1", limit=100)) == 5
@@ -279,14 +291,14 @@ def test_a_store_from_a_newer_release_is_refused(tmp_path: Path) -> None:
 
 def test_a_damaged_index_file_is_set_aside_and_filled_again(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    store = open_store(tmp_path, **QUIET)
+    store = open_store(tmp_path, background=QUIET)
     asyncio.run(store.write([row(1), row(2, user="v")]))
     store.catch_up()
     store.close()
     for name in (INDEX_NAME, f"{INDEX_NAME}-wal", f"{INDEX_NAME}-shm"):
         (tmp_path / name).unlink(missing_ok=True)
     (tmp_path / INDEX_NAME).write_bytes(b"not a database at all, " * 200)
-    again = open_store(tmp_path, **QUIET)  # starts all the same
+    again = open_store(tmp_path, background=QUIET)  # starts all the same
     try:
         assert [p.name for p in tmp_path.glob(f"{INDEX_NAME}.broken-*")] != []
         assert "is damaged" in caplog.text

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ingest.errors import StoreUnavailable
-from ingest.store import DB_NAME, Store, opening
+from ingest.store import DB_NAME, Budget, Store, opening
 from ingest.store.schema import OBJECTS, SCHEMA, SCHEMA_VERSION
 
 
@@ -18,7 +18,7 @@ def files(folder: Path) -> dict[str, bytes]:
 
 
 def made_store(folder: Path) -> Path:
-    store = Store(folder, min_free_bytes=0)
+    store = Store(folder, budget=Budget(min_free_bytes=0))
     store.start()
     asyncio.run(store.write(()))
     store.close()

@@ -14,7 +14,7 @@ from ingest.receive.body import validate
 from ingest.receive.enrich import Enricher
 from ingest.receive.prices import PriceBook
 from ingest.records import Invalid, Row
-from ingest.store import DB_NAME, Reader, Store
+from ingest.store import DB_NAME, Background, Budget, Reader, Retention, Store
 from ingest.store.schema import SHIPPED
 from ingest.testing import row as make_row
 
@@ -52,8 +52,8 @@ def store(tmp_path, clock, request):
     """Reads must not depend on whether the derived tables have caught up yet."""
     indexed = request.param == "indexed"
     # The indexer thread never runs on its own here: `write` catches up for "indexed".
-    s = Store(tmp_path / "data", min_free_bytes=0, clock=clock,
-              index_batch=10**9, index_delay_s=10**9)
+    s = Store(tmp_path / "data", budget=Budget(min_free_bytes=0), clock=clock,
+              background=Background(index_batch=10**9, index_delay_s=10**9))
     s.start()
     INDEXED[s] = indexed
     yield s
@@ -121,13 +121,13 @@ def test_enriched_rows_are_stored_as_documents(store):
 
 
 def test_dedup_survives_a_restart(tmp_path):
-    first = Store(tmp_path, min_free_bytes=0)
+    first = Store(tmp_path, budget=Budget(min_free_bytes=0))
     first.start()
     try:
         assert write(first, [row("a")]) == [True]
     finally:
         first.close()
-    again = Store(tmp_path, min_free_bytes=0)
+    again = Store(tmp_path, budget=Budget(min_free_bytes=0))
     again.start()
     try:
         assert write(again, [row("a"), row("b")]) == [False, True]
@@ -242,7 +242,8 @@ def test_reader_without_a_store(tmp_path):
 
 def test_prune_removes_only_rows_older_than_retention(tmp_path, clock):
     retention = 30 * DAY_MS
-    store = Store(tmp_path, min_free_bytes=0, retention_ms=retention, clock=clock)
+    store = Store(tmp_path, budget=Budget(min_free_bytes=0), retention=Retention(retention),
+                  clock=clock)
     store.start()
     try:
         # Written while the clock says NOW, so nothing is old yet.
@@ -272,7 +273,8 @@ def test_prune_removes_only_rows_older_than_retention(tmp_path, clock):
 
 
 def test_prune_in_bounded_steps(tmp_path, clock):
-    store = Store(tmp_path, min_free_bytes=0, retention_ms=DAY_MS, clock=clock)
+    store = Store(tmp_path, budget=Budget(min_free_bytes=0), retention=Retention(DAY_MS),
+                  clock=clock)
     store.start()
     try:
         old = [row(f"old{i}", received_at=NOW_MS - 2 * DAY_MS) for i in range(2500)]
@@ -291,8 +293,8 @@ def test_prune_in_bounded_steps(tmp_path, clock):
 
 def test_prune_is_not_pinned_by_old_pending_rows(tmp_path, clock):
     """With a sink down, unshipped rows stay; the shipped ones behind them still expire."""
-    store = Store(tmp_path, min_free_bytes=0, retention_ms=DAY_MS, clock=clock,
-                  keep_pending=True)
+    store = Store(tmp_path, budget=Budget(min_free_bytes=0), clock=clock,
+                  retention=Retention(DAY_MS, keep_pending=True))
     store.start()
     try:
         old = NOW_MS - 2 * DAY_MS
@@ -317,7 +319,7 @@ def test_prune_is_not_pinned_by_old_pending_rows(tmp_path, clock):
 
 
 def test_a_store_from_before_the_retention_index_gets_it_once(tmp_path, caplog):
-    store = Store(tmp_path, min_free_bytes=0)
+    store = Store(tmp_path, budget=Budget(min_free_bytes=0))
     store.start()
     write(store, [row("a")])
     store.close()
@@ -326,7 +328,7 @@ def test_a_store_from_before_the_retention_index_gets_it_once(tmp_path, caplog):
     for opening in range(2):
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="ingest.store"):
-            store = Store(tmp_path, min_free_bytes=0)
+            store = Store(tmp_path, budget=Budget(min_free_bytes=0))
             store.start()
             store.close()
         said = [r.getMessage() for r in caplog.records if "for retention" in r.getMessage()]
@@ -350,7 +352,7 @@ def test_prune_with_nothing_old_removes_nothing(store):
 
 
 def test_tiny_max_bytes_marks_the_store_full(tmp_path):
-    store = Store(tmp_path, max_bytes=1, min_free_bytes=0)
+    store = Store(tmp_path, budget=Budget(max_bytes=1, min_free_bytes=0))
     store.start()
     try:
         assert store.full_reason is not None and "over its 1 limit" in store.full_reason
@@ -364,7 +366,7 @@ def test_tiny_max_bytes_marks_the_store_full(tmp_path):
 
 
 def test_low_disk_marks_the_store_full(tmp_path):
-    store = Store(tmp_path, min_free_bytes=1 << 62)
+    store = Store(tmp_path, budget=Budget(min_free_bytes=1 << 62))
     store.start()
     try:
         assert store.full_reason is not None and "free" in store.full_reason
@@ -383,12 +385,12 @@ def test_room_means_not_full(store):
 
 def test_restarting_a_current_store_writes_nothing(tmp_path):
     # A full disk refuses any write, even one that sets the schema version to what it was.
-    first = Store(tmp_path, min_free_bytes=0)
+    first = Store(tmp_path, budget=Budget(min_free_bytes=0))
     first.start()
     write(first, [row("a")])
     first.close()
     before = (tmp_path / DB_NAME).read_bytes()
-    again = Store(tmp_path, min_free_bytes=0)
+    again = Store(tmp_path, budget=Budget(min_free_bytes=0))
     again.start()
     try:
         assert (tmp_path / f"{DB_NAME}-wal").stat().st_size == 0
@@ -418,7 +420,8 @@ async def until(check, seconds: float, what: str) -> None:
 def crashed_writer(tmp_path, count: int) -> Store:
     """A writer that committed `count` events into its WAL and never checkpointed them:
     as a receiver that died, seen by the next one opened beside it."""
-    store = Store(tmp_path, min_free_bytes=0, checkpoint_every_s=3600, index_delay_s=3600)
+    store = Store(tmp_path, budget=Budget(min_free_bytes=0),
+                  background=Background(checkpoint_every_s=3600, index_delay_s=3600))
     store.start()
     write(store, [row(f"e{i}") for i in range(count)])
     return store
@@ -427,13 +430,13 @@ def crashed_writer(tmp_path, count: int) -> Store:
 def test_a_wal_the_disk_could_not_checkpoint_refuses_writes(tmp_path):
     dead = crashed_writer(tmp_path, 3000)
     try:
-        probe = Store(tmp_path, min_free_bytes=0, disk_free=Disk(1 << 40))
+        probe = Store(tmp_path, budget=Budget(min_free_bytes=0), disk_free=Disk(1 << 40))
         probe.start()
         need = probe.space.checkpoint
         probe.close()
         assert need > 500_000  # the events are in the WAL only
         for free, refused in ((need - 1, True), (need, False)):
-            store = Store(tmp_path, min_free_bytes=0, disk_free=Disk(free))
+            store = Store(tmp_path, budget=Budget(min_free_bytes=0), disk_free=Disk(free))
             store.start()
             try:
                 assert (store.full_reason is not None) is refused, store.full_reason
@@ -453,7 +456,8 @@ def test_a_store_short_of_disk_checkpoints_its_wal_and_resumes(tmp_path, caplog)
     wal = tmp_path / f"{DB_NAME}-wal"
 
     async def main() -> None:
-        store = Store(tmp_path, min_free_bytes=0, housekeeping_s=0.05, disk_free=disk)
+        store = Store(tmp_path, budget=Budget(min_free_bytes=0), housekeeping_s=0.05,
+                      disk_free=disk)
         store.start()
         try:
             assert store.full_reason is not None and "to checkpoint the WAL" in store.full_reason
@@ -486,7 +490,7 @@ def test_a_store_short_of_disk_checkpoints_its_wal_and_resumes(tmp_path, caplog)
 
 def test_a_commit_that_finds_the_disk_full_is_refused_and_the_store_resumes(tmp_path):
     async def main() -> None:
-        store = Store(tmp_path, min_free_bytes=0, housekeeping_s=0.05)
+        store = Store(tmp_path, budget=Budget(min_free_bytes=0), housekeeping_s=0.05)
         store.start()
         try:
             await store.write([row("before")])
@@ -534,7 +538,7 @@ def test_a_disk_too_full_to_open_the_store_on_is_waited_for(tmp_path, monkeypatc
     monkeypatch.setattr(opening, "open_writer", open_writer)
 
     async def main() -> None:
-        store = Store(tmp_path / "data", min_free_bytes=0, housekeeping_s=0.05)
+        store = Store(tmp_path / "data", budget=Budget(min_free_bytes=0), housekeeping_s=0.05)
         store.start()
         try:
             assert not store.running
@@ -550,7 +554,7 @@ def test_a_disk_too_full_to_open_the_store_on_is_waited_for(tmp_path, monkeypatc
 
 
 def test_writes_after_close_are_refused(tmp_path):
-    store = Store(tmp_path, min_free_bytes=0)
+    store = Store(tmp_path, budget=Budget(min_free_bytes=0))
     store.start()
     assert store.running
     store.close()
@@ -563,18 +567,18 @@ def test_writes_after_close_are_refused(tmp_path):
 
 def test_writes_before_start_are_refused(tmp_path):
     with pytest.raises(StoreUnavailable):
-        write(Store(tmp_path, min_free_bytes=0), [row("early")])
+        write(Store(tmp_path, budget=Budget(min_free_bytes=0)), [row("early")])
 
 
 def test_start_on_an_unusable_path(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(StoreUnavailable, match="cannot open"):
-        Store(blocker / "data", min_free_bytes=0).start()
+        Store(blocker / "data", budget=Budget(min_free_bytes=0)).start()
 
 
 def test_close_finishes_queued_writes(tmp_path):
-    store = Store(tmp_path, min_free_bytes=0)
+    store = Store(tmp_path, budget=Budget(min_free_bytes=0))
     store.start()
 
     async def close() -> None:
