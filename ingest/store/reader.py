@@ -16,15 +16,12 @@ from ingest.records import ERROR_STATUS, Pending, Query
 from ingest.store.schema import (
     DB_NAME,
     DERIVED,
-    FACT_COLUMNS,
     INDEX_NAME,
     PENDING,
     STATES,
     index_schema,
     watermark,
 )
-
-_REPORTED = "ts, " + ", ".join(name for name, _ in FACT_COLUMNS)
 
 
 def _where(conditions: Iterable[tuple[str, Any]]) -> tuple[str, list[Any]]:
@@ -223,12 +220,6 @@ class Reader:
             where.append(extra)
         sql = " WHERE " + " AND ".join(where)
         return (f"ix.facts{sql}", f"events{sql} AND seq > {watermark('facts')}"), args
-
-    def _rows(self, q: Query, extra: str = "") -> tuple[str, list[Any]]:
-        """The window's report columns: the indexed events and the tail's, as one subquery."""
-        (facts, tail), args = self._window(q, extra)
-        return (f"(SELECT {_REPORTED} FROM {facts} UNION ALL SELECT {_REPORTED} FROM {tail})",
-                args + args)
 
     def _summed(self, q: Query, inner: str, outer: str, extra: str = "") -> list[Any]:
         """`inner` (with `{source}`) run on `facts` and on the tail apart, `outer` summing both.
