@@ -22,11 +22,14 @@ RUN /opt/venv/bin/pip install . \
  && /opt/venv/bin/python -P -c "import sys; from pathlib import Path; import ingest; from ingest.admin.kibana import saved_objects_path; from ingest.answers.reports import DEFAULT_SINCE; from ingest.admin.elasticsearch import asset_dir; es = asset_dir(); found = [Path(ingest.__file__), es / 'ilm-policy.json', *(es / 'queries' / f'{q}.json' for q in DEFAULT_SINCE), saved_objects_path()]; wrong = [str(p) for p in found if not (p.is_file() and p.resolve().is_relative_to(Path(sys.prefix).resolve()))]; sys.exit('not in the installed copy: ' + ', '.join(wrong)) if wrong else print('installed:', *found)"
 
 FROM python:3.11-slim
+# Listening on every interface, the dashboard would need INGEST_UI_TOKEN to start: it is off
+# unless the container is given INGEST_UI=on and a token.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     INGEST_HOST=0.0.0.0 \
-    INGEST_DATA_DIR=/data
+    INGEST_DATA_DIR=/data \
+    INGEST_UI=off
 RUN groupadd --system --gid 10001 ingest \
  && useradd --system --uid 10001 --gid ingest --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin ingest \

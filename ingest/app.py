@@ -254,7 +254,8 @@ def create_app(
         if quota is not None:
             from ingest import relay_usage
 
-            usage = relay_usage.from_settings(settings, quota, relay_transport, clock)
+            usage = relay_usage.from_settings(settings, dashboard.quota if dashboard else quota,
+                                              relay_transport, clock)
             usage.start()
         try:
             yield
@@ -264,6 +265,8 @@ def create_app(
             if shipping:
                 await stop_shipping(*shipping)
             await gauges.stop()
+            if dashboard:
+                dashboard.close()
             store.close()
             log.info("store closed")
 
@@ -275,6 +278,11 @@ def create_app(
         from ingest.relay_usage import REASONS
 
         quota = metrics.watch_relay_quota(REASONS)
+    dashboard = None
+    if settings.ui:
+        from ingest.ui.dashboard import Dashboard
+
+        dashboard = Dashboard(settings, quota, clock)  # refuses to be open beyond loopback
     app = ReceiverApp(title="holysheep-ingest", lifespan=lifespan, docs_url=None,
                       redoc_url=None)
     app.webhook = webhook
@@ -313,5 +321,8 @@ def create_app(
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    if dashboard:
+        dashboard.mount(app)
 
     return app

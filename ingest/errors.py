@@ -1,7 +1,10 @@
 """The one error tree of holysheep-ingest; HTTP status mapping lives in `ingest.webhook`.
 
     IngestError
-    ├── ConfigError                  bad or missing setting; the CLI prints it and exits 2
+    ├── ConfigError                  bad or missing setting; the CLI prints it and exits 2,
+    │                                the dashboard's API answers 400 (a bad query parameter)
+    ├── AccessDenied                 -> 401: the dashboard's token is missing or wrong
+    ├── NotFound                     -> 404: the dashboard's API has no such event
     ├── SignatureError               -> 401, `code` tells the sender why
     │   ├── MissingSignature         no timestamp/signature header
     │   ├── MalformedSignature       header present but not parseable
@@ -41,6 +44,14 @@ class IngestError(Exception):
 
 class ConfigError(IngestError):
     code = "config_error"
+
+
+class AccessDenied(IngestError):
+    code = "unauthorized"
+
+
+class NotFound(IngestError):
+    code = "not_found"
 
 
 class SignatureError(IngestError):

@@ -33,6 +33,7 @@ def parse_duration(value: Any) -> Any:
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 # A JSON field, or a dotted path into nested objects (`data.remaining`; a number picks a list item).
 _FIELD_PATH = re.compile(r"[^.\s]+(\.[^.\s]+)*")
+UI_TOKEN_MIN = 16
 NO_SECRET = (
     "no webhook secret is set. Set INGEST_WEBHOOK_SECRET to the secret configured on the "
     "HolySheep relay (several, comma-separated, while rotating), for example:\n"
@@ -140,6 +141,12 @@ class Settings(BaseSettings):
                                              "remaining quota, dotted for nested ones")
     relay_usage_total_field: str = Field("total", description="JSON field of the quota limit")
 
+    # The built-in dashboard and its JSON API (`ingest.ui`).
+    ui: bool = Field(default=True, description="serve /ui/ and /api/v1/; off disables both")
+    ui_token: SecretStr | None = Field(
+        default=None, description="bearer token for /ui/ and /api/v1/; required when "
+        "INGEST_HOST is beyond loopback")
+
     @field_validator("webhook_secret", mode="before")
     @classmethod
     def _split_secrets(cls, value: Any) -> Any:
@@ -157,7 +164,7 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 10ms")
         return value
 
-    @field_validator("relay_usage_url", "relay_api_key", mode="before")
+    @field_validator("relay_usage_url", "relay_api_key", "ui_token", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         # `KEY=` in an env file or compose's `${KEY:-}` means "not set", not "empty".
@@ -176,13 +183,21 @@ class Settings(BaseSettings):
                              "https://relay.example/v1/usage")
         return value
 
-    @field_validator("relay_api_key")
+    @field_validator("relay_api_key", "ui_token")
     @classmethod
     def _header_safe(cls, value: SecretStr | None) -> SecretStr | None:
         # Sent in a header: whitespace or control characters would break or split it. The
         # message never repeats the value.
         if value is not None and not _TOKEN.fullmatch(value.get_secret_value()):
             raise ValueError("must be one token of printable characters, without spaces")
+        return value
+
+    @field_validator("ui_token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < UI_TOKEN_MIN:
+            raise ValueError(f"must be at least {UI_TOKEN_MIN} characters (a random one: "
+                             "python -c 'import secrets; print(secrets.token_urlsafe(32))')")
         return value
 
     @field_validator("relay_usage_remaining_field", "relay_usage_total_field")
@@ -264,7 +279,8 @@ def serve_epilog() -> str:
         lines.extend(f"      {part}" for part in _wrap(text, 84))
     lines.append("")
     lines.append("durations: 500ms, 10s, 15m, 72h, 30d; sizes: 512KiB, 1MiB, 10GB")
-    lines.append("endpoints: POST /webhooks/holysheep, GET /healthz, GET /readyz, GET /metrics")
+    lines.append("endpoints: POST /webhooks/holysheep, GET /healthz, GET /readyz, GET /metrics, "
+                 "GET /ui/ (the dashboard), GET /api/v1/... (its JSON API)")
     return "\n".join(lines)
 
 

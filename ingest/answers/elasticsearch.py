@@ -120,13 +120,23 @@ def _latency_from_es(q: Query, aggs: dict[str, Any]) -> dict[str, Any]:
 
 
 def search_body(event_id: str | None, user: str | None, trace: str | None, text: str | None,
-                limit: int) -> dict[str, Any]:
+                limit: int, *, model: str | None = None, status_class: str | None = None,
+                since_ms: int | None = None, until_ms: int | None = None) -> dict[str, Any]:
     """The Elasticsearch side of `search`: every filter given must match, newest first."""
     filters: list[dict[str, Any]] = []
+    # `status_class` is the enrichment's own field (records.status_class): the same rule.
     for field, value in (("id", event_id), ("user_metadata.user_id", user),
-                         ("user_metadata.trace_id", trace)):
+                         ("user_metadata.trace_id", trace), ("model", model),
+                         ("status_class", status_class)):
         if value is not None:
             filters.append({"term": {field: value}})
+    if since_ms is not None or until_ms is not None:
+        bounds: dict[str, Any] = {"format": "epoch_millis"}
+        if since_ms is not None:
+            bounds["gte"] = since_ms
+        if until_ms is not None:
+            bounds["lt"] = until_ms
+        filters.append({"range": {"@timestamp": bounds}})
     must = [{"match_phrase": {"error.message": text}}] if text else []
     # One hit per event id: a copy re-sent after a rollover sits in another backing index.
     return {"size": limit, "sort": [{"@timestamp": "desc"}], "collapse": {"field": "id"},

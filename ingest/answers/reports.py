@@ -6,10 +6,10 @@ import math
 from bisect import bisect_left
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from itertools import chain
 from typing import Any
 
 from ingest import durations
+from ingest.answers.runs import SortedRuns
 from ingest.errors import ConfigError
 from ingest.receive.enrich import LatencyBucket
 from ingest.records import Query
@@ -70,8 +70,10 @@ def bucket_counts(ordered: Sequence[float]) -> dict[str, int]:
 # Results: the same stable keys from both backends ---------------------------------------------
 def latency_result(q: Query, by_model: dict[str, list[float]], method: str) -> dict[str, Any]:
     """From each model's sorted latencies (ms)."""
-    everything = sorted(chain.from_iterable(by_model.values()))  # merges sorted runs
-    counts = bucket_counts(everything)
+    everything = SortedRuns(by_model.values())  # all of them, ranked without a merge
+    edges = [0, *(everything.count_below(bound) for bound in _BOUNDS), len(everything)]
+    counts = {name: high - low for name, low, high in zip(BUCKETS, edges[:-1], edges[1:],
+                                                          strict=True)}
     return {
         "question": "latency", "window": q.window(), "method": method,
         "overall": _stats(everything),

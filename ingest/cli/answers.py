@@ -14,7 +14,7 @@ from ingest.records import Query
 from ingest.settings import Settings
 
 if TYPE_CHECKING:
-    from ingest.store import Reader
+    from ingest.answers.catalogue import Search
 
 REPORT_HELP = """\
 The questions, answered the same way from the embedded store or from Elasticsearch:
@@ -28,13 +28,20 @@ An empty window says so (exit 1) instead of printing zeros."""
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from ingest.answers import catalogue
+
     config = settings(args)
+    s = catalogue.search_query(event_id=args.event_id, user=args.user, trace=args.trace,
+                               text=args.text, model=args.model, status=args.status,
+                               since=args.since, until=args.until, limit=args.limit,
+                               now=datetime.now(UTC))
     if use_elasticsearch(args.backend, config.elasticsearch_url):
-        docs = asyncio.run(_search_es(config, args))
+        docs = asyncio.run(_search_es(config, s))
     else:
         with reader(config) as store:
-            docs = store.search(event_id=args.event_id, user=args.user, trace=args.trace,
-                                text=args.text, limit=args.limit)
+            docs = catalogue.search(store, s)
     if not docs:
         print("no stored event matches", file=sys.stderr)
         return 1
@@ -80,8 +87,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     if use_elasticsearch(args.backend, config.elasticsearch_url):
         result = asyncio.run(_report_es(config, args.question, q, args.by))
     else:
+        from ingest.answers import catalogue
+
         with reader(config) as store:
-            result = _report_store(store, args.question, q, args.by)
+            result = catalogue.answer(args.question, q, args.by, store)
     if args.json:
         sys.stdout.buffer.write(orjson.dumps(result) + b"\n")
         return 0
@@ -97,23 +106,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_store(store: Reader, question: str, q: Query, by: str) -> dict[str, Any]:
-    from ingest.answers import reports
-
-    if question == "latency":
-        return reports.latency_result(q, store.latencies(q), "exact")
-    if question == "errors":
-        return reports.errors_result(q, store.error_counts(q),
-                                     store.top_errors(q, reports.TOP_ERRORS))
-    return reports.cost_result(q, by, store.cost(q, by))
-
-
-async def _search_es(config: Settings, args: argparse.Namespace) -> list[dict[str, Any]]:
+async def _search_es(config: Settings, s: Search) -> list[dict[str, Any]]:
     from ingest.answers import elasticsearch as es
 
-    body = es.search_body(args.event_id, args.user, args.trace, args.text, args.limit)
     async with cluster(config) as c:
-        return es.search_hits(await c.search(config.data_stream, body))
+        return es.search_hits(await c.search(config.data_stream, s.body()))
 
 
 async def _report_es(config: Settings, question: str, q: Query, by: str) -> dict[str, Any]:

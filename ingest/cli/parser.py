@@ -79,13 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     send.set_defaults(func=receiving.cmd_send)
 
     search = sub.add_parser(
-        "search", help="find stored events by id, user, trace id or error text",
+        "search", help="find stored events by id, user, trace id, error text, model, status",
         description="Search the embedded store, newest first; every filter given must match. "
         "Exits 1 when nothing matches.")
     search.add_argument("--id", dest="event_id", help="event id (exact)")
     search.add_argument("--user", help="user_metadata.user_id (exact)")
     search.add_argument("--trace", help="user_metadata.trace_id (exact)")
     search.add_argument("--text", help="substring of error.message, case-insensitive")
+    search.add_argument("--model", help="model (exact)")
+    search.add_argument("--status", metavar="CLASS",
+                        help="status class: 2xx, 4xx, 5xx, ... or 429 (apart from 4xx)")
+    search.add_argument("--since", help="event time from: relative (30m, 24h, 7d) or ISO 8601")
+    search.add_argument("--until", help="event time before: relative or ISO 8601")
     search.add_argument("--limit", type=positive, default=20, help="at most this many (20)")
     search.add_argument("--json", action="store_true", help="JSON lines of stored documents")
     add_backend(search)

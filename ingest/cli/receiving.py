@@ -30,6 +30,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "listening on %s://%s:%d/webhooks/holysheep, store %s, %d secret(s)",
         "https" if listen.tls else "http", config.host, config.port, config.data_dir,
         len(config.webhook_secret))
+    if config.ui:
+        logging.getLogger("ingest").info(
+            "dashboard on %s://%s:%d/ui/ (%s)", "https" if listen.tls else "http", config.host,
+            config.port, "token required" if config.ui_token else "open on loopback")
     serve(app, listen, limits, metrics)
     return 0
 

@@ -11,9 +11,12 @@ from typing import Any
 import orjson
 
 from ingest.errors import (
+    AccessDenied,
+    ConfigError,
     EventInvalid,
     IngestError,
     MalformedPayload,
+    NotFound,
     PayloadTooLarge,
     SignatureError,
     SignatureMismatch,
@@ -42,6 +45,10 @@ _STATUS: tuple[tuple[type[IngestError], int, str], ...] = (
     (MalformedPayload, 400, "malformed"),
     (EventInvalid, 422, "quarantined"),
     (StoreError, 503, "overloaded"),
+    # Only the dashboard's API raises these; they never reach the webhook.
+    (ConfigError, 400, "bad_request"),
+    (AccessDenied, 401, "unauthorized"),
+    (NotFound, 404, "not_found"),
 )
 _INTERNAL = orjson.dumps({"error": "internal_error",
                           "message": "the receiver failed on this request; it is logged"})

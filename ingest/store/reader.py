@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +16,12 @@ from ingest.records import ERROR_STATUS, Pending, Query
 from ingest.store.schema import (
     DB_NAME,
     DERIVED,
-    FACT_COLUMNS,
     INDEX_NAME,
     PENDING,
     STATES,
     index_schema,
     watermark,
 )
-
-_REPORTED = "ts, " + ", ".join(name for name, _ in FACT_COLUMNS)
 
 
 def _where(conditions: Iterable[tuple[str, Any]]) -> tuple[str, list[Any]]:
@@ -33,6 +31,38 @@ def _where(conditions: Iterable[tuple[str, Any]]) -> tuple[str, list[Any]]:
         return "", []
     return (" WHERE " + " AND ".join(sql for sql, _ in conditions),
             [arg for _, arg in conditions if arg is not None])
+
+
+DAY_MS = 86_400_000
+STRETCH_MS = 3_600_000  # the longest piece of a window one query aggregates (see _pieces)
+MIN_STRETCHES = 32
+
+
+def stretches(since_ms: int, until_ms: int) -> list[tuple[int, int]]:
+    """`[since, until)` cut into consecutive pieces: at least MIN_STRETCHES (a minute at the
+    least) and none longer than STRETCH_MS."""
+    length = max(60_000, min(STRETCH_MS, -(-(until_ms - since_ms) // MIN_STRETCHES)))
+    return [(start, min(start + length, until_ms)) for start in range(since_ms, until_ms, length)]
+
+
+def _status_class(name: str) -> list[tuple[str, Any]]:
+    """SQL for `records.status_class(status_code) == name` (429 is a class of its own)."""
+    if name == "429":
+        return [("e.status_code = ?", 429)]
+    if len(name) != 3 or not name[0].isdigit() or name[1:] != "xx":
+        raise ValueError(f"not a status class: {name!r}")
+    low = int(name[0]) * 100
+    found = [("e.status_code >= ?", low), ("e.status_code < ?", low + 100)]
+    return [*found, ("e.status_code != ?", 429)] if low == 400 else found
+
+
+def _order(value: str | None) -> tuple[bool, str]:
+    # SQLite's ORDER BY put NULL first, then text in byte order: kept for the same rows.
+    return (value is not None, value or "")
+
+
+def _day(day: int) -> str:
+    return datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
 
 
 def _casefold(value: str | None) -> str | None:
@@ -72,15 +102,26 @@ class Reader:
 
     def search(self, *, event_id: str | None = None, user: str | None = None,
                trace: str | None = None, text: str | None = None,
+               model: str | None = None, status: str | None = None,
+               since_ms: int | None = None, until_ms: int | None = None,
                limit: int = 20) -> list[dict[str, Any]]:
-        """Newest first; every given filter must match; text is a case-insensitive substring.
+        """Newest first; every given filter must match; text is a case-insensitive substring,
+        `status` a class as `records.status_class` names them (`until_ms` excluded).
 
         The derived table that fits the filters gives the indexed events, a scan of the
         tail the rest (see `ingest.store.index`), both read in one snapshot.
         """
         match: list[tuple[str, Any]] = [
             (f"e.{column} = ?", value) for column, value in
-            (("event_id", event_id), ("user_id", user), ("trace_id", trace)) if value is not None]
+            (("event_id", event_id), ("user_id", user), ("trace_id", trace), ("model", model))
+            if value is not None]
+        if status is not None:
+            match += _status_class(status)
+
+        def window_on(alias: str) -> list[tuple[str, Any]]:
+            # On the derived table's own `ts` where it has one: its key orders by it.
+            return [(f"{alias}.ts {op} ?", bound) for op, bound in
+                    ((">=", since_ms), ("<", until_ms)) if bound is not None]
 
         def text_on(alias: str) -> list[tuple[str, Any]]:
             # SQLite's LIKE folds only ASCII case; error texts come in every language.
@@ -90,20 +131,21 @@ class Reader:
         select = "SELECT e.doc, e.state, e.ts, e.seq FROM "
         newest = " ORDER BY e.ts DESC, e.seq DESC LIMIT ?"
         if event_id is not None:  # its index is kept with every commit: no tail to add
-            sql, args = _where([*match, *text_on("e")])
+            sql, args = _where([*match, *window_on("e"), *text_on("e")])
             return self._docs(self._query(select + "events e" + sql + newest, [*args, limit]))
         if trace is not None:
             derived, order = "by_trace", newest
-            indexed = [("d.trace_id = ?", trace), *match, *text_on("e")]
+            indexed = [("d.trace_id = ?", trace), *match, *window_on("e"), *text_on("e")]
         elif user is not None:
             derived, order = "by_user", " ORDER BY d.ts DESC, d.seq DESC LIMIT ?"
-            indexed = [("d.user_id = ?", user), *match, *text_on("e")]
-        else:  # newest first straight off the time-ordered facts, which hold the error text
+            indexed = [("d.user_id = ?", user), *match, *window_on("d"), *text_on("e")]
+        else:  # newest first straight off the time-ordered facts, which hold every column here
             derived, order = "facts", " ORDER BY d.ts DESC, d.seq DESC LIMIT ?"
-            indexed = text_on("d")
+            indexed = [(sql.replace("e.", "d.", 1), arg) for sql, arg in match] \
+                + window_on("d") + text_on("d")
         indexed_sql, indexed_args = _where(indexed)
         tail_sql, tail_args = _where([(f"e.seq > {watermark(derived)}", None),
-                                      *match, *text_on("e")])
+                                      *match, *window_on("e"), *text_on("e")])
         with self._snapshot():
             rows = self._query(f"{select}ix.{derived} d JOIN events e ON e.seq = d.seq"
                                f"{indexed_sql}{order}", [*indexed_args, limit])
@@ -179,12 +221,6 @@ class Reader:
         sql = " WHERE " + " AND ".join(where)
         return (f"ix.facts{sql}", f"events{sql} AND seq > {watermark('facts')}"), args
 
-    def _rows(self, q: Query, extra: str = "") -> tuple[str, list[Any]]:
-        """The window's report columns: the indexed events and the tail's, as one subquery."""
-        (facts, tail), args = self._window(q, extra)
-        return (f"(SELECT {_REPORTED} FROM {facts} UNION ALL SELECT {_REPORTED} FROM {tail})",
-                args + args)
-
     def _summed(self, q: Query, inner: str, outer: str, extra: str = "") -> list[Any]:
         """`inner` (with `{source}`) run on `facts` and on the tail apart, `outer` summing both.
 
@@ -195,23 +231,67 @@ class Reader:
         parts = " UNION ALL ".join(inner.format(source=source) for source in sources)
         return self._query(outer.format(parts=parts), args + args)
 
+    def _pieces(self, q: Query, inner: str, extra: str = "") -> list[Any]:
+        """`inner` (with `{source}`) run on `facts` one stretch of the window at a time, then
+        once on the tail, all in one snapshot; the caller merges the rows.
+
+        A GROUP BY sorts its rows: over a whole week of a large store that sort outgrows
+        SQLite's memory and spills to temporary files, where stretches of at most an hour
+        sort in memory (on 1,000,000 events, 0.4 s of a 0.45 s query became 0.15 s).
+        """
+        (facts, tail), args = self._window(q, extra)
+        rows: list[Any] = []
+        with self._snapshot():
+            for since, until in stretches(q.since_ms, q.until_ms):
+                rows += self._query(inner.format(source=facts), [since, until, *args[2:]])
+            rows += self._query(inner.format(source=tail), args)
+        return rows
+
     def latencies(self, q: Query) -> dict[str, list[float]]:
-        """Each model's latencies in the window, sorted (SQLite sorts; exact percentiles)."""
-        source, args = self._rows(q, "latency_ms IS NOT NULL")
+        """Each model's latencies in the window, sorted (exact percentiles)."""
         found: dict[str, list[float]] = {}
-        for model, values in self._query(
-                f"SELECT coalesce(model, '(none)'), json_group_array(latency_ms) FROM "
-                f"(SELECT model, latency_ms FROM {source} ORDER BY latency_ms) "
-                "GROUP BY 1", args):
-            found[model] = orjson.loads(values)
+        for model, values in self._pieces(
+                q, "SELECT coalesce(model, '(none)'), json_group_array(latency_ms) FROM {source} "
+                   "GROUP BY 1", "latency_ms IS NOT NULL"):
+            found.setdefault(model, []).extend(orjson.loads(values))
+        for values in found.values():
+            values.sort()
+        return found
+
+    def latency_slots(self, q: Query, step_ms: int) -> dict[int, list[float]]:
+        """The window's latencies, sorted, in time slots of `step_ms` from its start."""
+        found: dict[int, list[float]] = {}
+        for slot, values in self._pieces(
+                q, f"SELECT (ts - {int(q.since_ms)}) / {int(step_ms)}, "
+                   "json_group_array(latency_ms) FROM {source} GROUP BY 1",
+                "latency_ms IS NOT NULL"):
+            found.setdefault(slot, []).extend(orjson.loads(values))
+        for values in found.values():
+            values.sort()
+        return found
+
+    def traffic(self, q: Query, step_ms: int) -> dict[tuple[int, str | None], list[int]]:
+        """Requests and errors (status >= 400) per time slot of `step_ms` and model."""
+        found: dict[tuple[int, str | None], list[int]] = {}
+        for slot, model, requests, errors in self._pieces(
+                q, f"SELECT (ts - {int(q.since_ms)}) / {int(step_ms)}, model, count(*), "
+                   f"count(*) FILTER (WHERE status_code >= {ERROR_STATUS}) FROM {{source}} "
+                   "GROUP BY 1, 2"):
+            counts = found.setdefault((slot, model), [0, 0])
+            counts[0] += requests
+            counts[1] += errors
         return found
 
     def error_counts(self, q: Query) -> list[tuple[str | None, int, int]]:
-        return [tuple(row) for row in self._summed(
-            q, "SELECT model, count(*) AS n, "
-               f"count(*) FILTER (WHERE status_code >= {ERROR_STATUS}) AS e "
-               "FROM {source} GROUP BY model",
-            "SELECT model, sum(n), sum(e) FROM ({parts}) GROUP BY model")]
+        found: dict[str | None, list[int]] = {}
+        for model, requests, errors in self._pieces(
+                q, "SELECT model, count(*), "
+                   f"count(*) FILTER (WHERE status_code >= {ERROR_STATUS}) "
+                   "FROM {source} GROUP BY model"):
+            counts = found.setdefault(model, [0, 0])
+            counts[0] += requests
+            counts[1] += errors
+        return [(model, requests, errors) for model, (requests, errors) in found.items()]
 
     def top_errors(self, q: Query, per_model: int) -> dict[str | None, list[tuple[str, int]]]:
         found: dict[str | None, list[tuple[str, int]]] = {}
@@ -219,7 +299,7 @@ class Reader:
                 q, "SELECT model, error_message, count(*) AS n FROM {source} "
                    "GROUP BY model, error_message",
                 "SELECT model, error_message, sum(n) AS n FROM ({parts}) "
-                "GROUP BY model, error_message ORDER BY n DESC",
+                "GROUP BY model, error_message ORDER BY n DESC, error_message",
                 f"status_code >= {ERROR_STATUS} AND error_message IS NOT NULL"):
             if len(found.setdefault(model, [])) < per_model:
                 found[model].append((message, count))
@@ -228,22 +308,41 @@ class Reader:
     def cost(self, q: Query, by: str) -> list[dict[str, Any]]:
         """Per UTC day (and model or user): requests, both costs, tokens."""
         key = {"day": "NULL", "model": "model", "user": "user_id"}[by]
-        rows = self._summed(
-            q, f"SELECT strftime('%Y-%m-%d', ts / 1000, 'unixepoch') AS day, {key} AS key, "
-               "count(*) AS n, total(cost_usd) AS c, total(computed_cost_usd) AS cc, "
-               "total(prompt_tokens) AS p, total(completion_tokens) AS o, total(tokens_used) AS t "
-               "FROM {source} GROUP BY day, key",
-            "SELECT day, key, sum(n), total(c), total(cc), total(p), total(o), total(t) "
-            "FROM ({parts}) GROUP BY day, key ORDER BY day, key")
-        names = ("day", "key", "requests", "cost_usd", "computed_cost_usd", "prompt_tokens",
+        # The day as a number: formatting a date per row cost more than the whole sum.
+        sums: dict[tuple[int, str | None], list[float]] = {}
+        for day, group, *values in self._pieces(
+                q, f"SELECT ts / {DAY_MS}, {key}, count(*), total(cost_usd), "
+                   "total(computed_cost_usd), total(prompt_tokens), total(completion_tokens), "
+                   "total(tokens_used) FROM {source} GROUP BY 1, 2"):
+            into = sums.setdefault((day, group), [0.0] * len(values))
+            for n, value in enumerate(values):
+                into[n] += value
+        names = ("requests", "cost_usd", "computed_cost_usd", "prompt_tokens",
                  "completion_tokens", "total_tokens")
         out = []
-        for row in rows:
-            item = dict(zip(names, row, strict=True))
-            for tokens in ("prompt_tokens", "completion_tokens", "total_tokens"):
-                item[tokens] = int(item[tokens])
+        for (day, group), values in sorted(sums.items(), key=lambda kv: (kv[0][0],
+                                                                         _order(kv[0][1]))):
+            item: dict[str, Any] = {"day": _day(day), "key": group,
+                                    **dict(zip(names, values, strict=True))}
+            for count in ("requests", "prompt_tokens", "completion_tokens", "total_tokens"):
+                item[count] = int(item[count])
             out.append(item)
         return out
+
+    def user_costs(self, q: Query) -> list[dict[str, Any]]:
+        """Per user over the window: requests, errors, both costs and total tokens."""
+        sums: dict[str | None, list[float]] = {}
+        for user, *values in self._pieces(
+                q, "SELECT user_id, count(*), "
+                   f"count(*) FILTER (WHERE status_code >= {ERROR_STATUS}), "
+                   "total(cost_usd), total(computed_cost_usd), total(tokens_used) "
+                   "FROM {source} GROUP BY 1"):
+            into = sums.setdefault(user, [0.0] * len(values))
+            for n, value in enumerate(values):
+                into[n] += value
+        return [{"user": user, "requests": int(requests), "errors": int(errors),
+                 "cost_usd": cost, "computed_cost_usd": computed, "total_tokens": int(tokens)}
+                for user, (requests, errors, cost, computed, tokens) in sums.items()]
 
     def quarantined(self, limit: int = 20) -> list[dict[str, Any]]:
         rows = self._query("SELECT id, received_at, reason, raw FROM quarantine "

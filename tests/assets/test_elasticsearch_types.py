@@ -29,8 +29,8 @@ from spec_tools import Diagnostic, literal, module, typecheck, version
 
 from ingest import records
 from ingest.admin.elasticsearch import setup
+from ingest.answers import catalogue, reports
 from ingest.answers import elasticsearch as es_answers
-from ingest.answers import reports
 from ingest.elastic import CLIENT_MAJOR, Connection
 from ingest.records import Pending
 from ingest.ship import bulk
@@ -117,6 +117,9 @@ def report_bodies() -> list[Body]:
     for args in ((None, None, None, None, 20), ("req_1", "user_001", "trace-7", "timeout", 5)):
         found.append(Body(f"answers.search_body{args}", "SearchRequest",
                           es_answers.search_body(*args)))
+    every = catalogue.Search("req_1", "user_001", "trace-7", "timeout", "gpt-4o", "5xx",
+                             WINDOW[0], WINDOW[1], 5)
+    found.append(Body(f"catalogue.{every}.body()", "SearchRequest", every.body()))
     return found
 
 

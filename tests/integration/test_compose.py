@@ -261,3 +261,15 @@ def test_dockerfile_cmd_runs_setup_before_serve() -> None:
     assert "exec holysheep-ingest serve" in text
     assert re.search(r"^USER (?!root)\S+", text, flags=re.MULTILINE)
     assert "/healthz" in text
+
+
+def test_the_receiver_starts_with_the_dashboard_off_unless_given_a_token(
+        rendered: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from ingest.settings import load
+    from ingest.ui import access
+
+    env = rendered["services"]["receiver"]["environment"]
+    assert env["INGEST_UI"] == "off"  # it listens on 0.0.0.0: the token rule would stop it
+    for name, value in env.items():
+        monkeypatch.setenv(name, str(value))
+    access.check(load())

@@ -10,8 +10,8 @@ from typing import Any
 import orjson
 import pytest
 
+from ingest.answers import catalogue, reports
 from ingest.answers import elasticsearch as es_answers
-from ingest.answers import reports
 from ingest.errors import ConfigError
 from ingest.receive.enrich import Enricher
 from ingest.receive.prices import PriceBook, Rate
@@ -350,3 +350,113 @@ def test_search_collapses_on_the_event_id_and_keeps_each_id_once() -> None:
     response = {"hits": {"total": {"value": 3}, "hits": [copy_b, other, copy_a]}}
     assert es_answers.search_hits(response) == [{"id": "dup", "model": "m-a"}, {"id": "e2"}]
     assert es_answers.search_hits({}) == []
+
+
+def ids(docs: list[dict[str, Any]]) -> list[str]:
+    return [doc["id"] for doc in docs]
+
+
+def test_search_by_model_status_class_and_window(reader: Reader) -> None:
+    now = datetime.fromtimestamp(DAY1 / 1000 + 3 * 86400, UTC)
+
+    def found(**filters: Any) -> list[str]:
+        return ids(catalogue.search(reader, catalogue.search_query(now=now, **{"limit": 50,
+                                                                          **filters})))
+
+    assert found(model="m-b") == ["e6", "e5"]
+    # 429 is a class of its own, as in the enrichment and the metrics: not in 4xx.
+    assert found(status="429") == ["e6", "e5"]
+    assert found(status="4xx") == []
+    assert found(status="5xx") == ["e4"]
+    assert found(status="2xx", model="m-a") == ["e7", "e3", "e2", "e1"]
+    # The window: since included, until excluded, in event time (not receive time).
+    since = datetime.fromtimestamp((DAY1 + 2 * HOUR) / 1000, UTC).isoformat()
+    until = datetime.fromtimestamp((DAY1 + 4 * HOUR) / 1000, UTC).isoformat()
+    assert found(since=since, until=until) == ["e3", "e2"]
+    assert found(since="48h") == ["e7"]  # relative to `now`: DAY1 + 24h and after
+    assert found(user="u2", status="2xx", since=since) == ["e3"]
+    assert found(user="u1", model="m-b", status="429") == ["e6", "e5"]
+    assert found(text="rate", since=since) == ["e6", "e5"]
+    assert found(text="rate", status="5xx") == []
+    assert found(event_id="e4", status="5xx") == ["e4"]
+    assert found(event_id="e4", status="2xx") == []
+    assert found(model="m-a", limit=2) == ["e7", "e4"]
+
+
+@pytest.mark.parametrize("bad", ["4", "6xx", "40x", "error", "xx", "428"])
+def test_status_class_must_be_a_class(bad: str) -> None:
+    with pytest.raises(ConfigError, match="1xx to 5xx"):
+        catalogue.status_class(bad)
+
+
+def test_search_window_must_be_ordered() -> None:
+    now = datetime.fromtimestamp(DAY1 / 1000, UTC)
+    with pytest.raises(ConfigError, match="before"):
+        catalogue.search_query(since="1h", until="2h", now=now)
+    with pytest.raises(ConfigError, match="ISO 8601"):
+        catalogue.search_query(since="yesterday", now=now)
+
+
+def test_one_entry_point_answers_every_question(reader: Reader) -> None:
+    assert catalogue.answer("latency", ALL, "day", reader) == reports.latency_result(
+        ALL, reader.latencies(ALL), "exact")
+    assert catalogue.answer("errors", ALL, "day", reader) == reports.errors_result(
+        ALL, reader.error_counts(ALL), reader.top_errors(ALL, reports.TOP_ERRORS))
+    for by in catalogue.COST_BY:
+        assert catalogue.answer("cost", ALL, by, reader) == reports.cost_result(
+            ALL, by, reader.cost(ALL, by))
+    with pytest.raises(ConfigError):
+        catalogue.answer("cost", ALL, "week", reader)
+    with pytest.raises(ConfigError):
+        catalogue.answer("uptime", ALL, "day", reader)
+
+
+def test_search_body_carries_the_new_filters() -> None:
+    body = catalogue.Search(model="m-a", status="4xx", since_ms=1, until_ms=2).body()
+    filters = body["query"]["bool"]["filter"]
+    assert {"term": {"model": "m-a"}} in filters
+    assert {"term": {"status_class": "4xx"}} in filters
+    assert {"range": {"@timestamp": {"gte": 1, "lt": 2, "format": "epoch_millis"}}} in filters
+
+
+def test_time_series_per_slot_and_model(reader: Reader) -> None:
+    from ingest.ui import series
+
+    q = Query(DAY1, DAY1 + 24 * HOUR)
+    assert series.step_for(q) == 15 * 60_000  # the finest keeping a day within 200 slots
+    flow = series.traffic(q, HOUR, reader)
+    assert len(flow["slots"]) == 24 and flow["slots"][1].startswith(
+        datetime.fromtimestamp((DAY1 + HOUR) / 1000, UTC).strftime("%Y-%m-%dT%H"))
+    by_model = {m["model"]: m for m in flow["by_model"]}
+    assert by_model["m-a"]["requests"][1:5] == [1, 1, 1, 1]
+    assert by_model["m-a"]["errors"][4] == 1 and by_model["m-a"]["error_rate"][4] == 1.0
+    assert by_model["m-b"]["requests"][5:7] == [1, 1] and by_model["m-b"]["errors"][5:7] == [1, 1]
+    assert flow["total"]["requests"][0] == 0 and flow["total"]["error_rate"][0] is None
+    assert sum(flow["total"]["requests"]) == 6
+    latency = series.latency(Query(DAY1, DAY1 + 48 * HOUR), 24 * HOUR, reader)
+    # day 1: 10 20 30 40 100 300 (the overall report's numbers); day 2: no latency at all
+    assert latency["count"] == [6, 0]
+    assert latency["p50"] == [35.0, None] and latency["p99"][0] == pytest.approx(290.0)
+
+
+def test_top_users_by_cost(reader: Reader) -> None:
+    from ingest.ui import series
+
+    top = series.top_users(ALL, 10, reader)
+    assert [(u["user"], u["requests"], u["errors"]) for u in top["users"]] == [
+        ("u1", 6, 3), ("u2", 1, 0)]
+    assert top["users"][0]["cost_usd"] == pytest.approx(0.042)  # 0.01 x 4 + 0.002
+    assert top["total_users"] == 2
+    assert [u["user"] for u in series.top_users(ALL, 1, reader)["users"]] == ["u1"]
+
+
+def test_steps_fit_the_window() -> None:
+    from ingest.ui import series
+
+    minute = 60_000
+    assert series.step_for(Query(0, HOUR)) == minute
+    assert series.step_for(Query(0, 7 * 24 * HOUR)) == HOUR
+    assert series.step_for(Query(0, 30 * 24 * HOUR)) == 6 * HOUR
+    assert series.step_for(Query(0, HOUR), "5m") == 5 * minute
+    with pytest.raises(ConfigError):
+        series.step_for(Query(0, 30 * 24 * HOUR), "1m")

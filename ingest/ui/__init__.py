@@ -1,0 +1,1 @@
+"""The built-in dashboard (`/ui/`) and its JSON API (`/api/v1/`) over the report catalogue."""
