@@ -17,11 +17,11 @@ from fastapi.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ingest.errors import ConfigError, IngestError, SinkError, StoreError
+from ingest.errors import ConfigError, IngestError, RemoteError, StoreError, http_status
 from ingest.metrics import CONTENT_TYPE, Metrics
 from ingest.receive.enrich import Enricher
 from ingest.receive.prices import PriceBook
-from ingest.receive.webhook import WebhookEndpoint, http_status
+from ingest.receive.webhook import WebhookEndpoint
 from ingest.settings import Settings
 from ingest.ship.shipper import Shipper, Sink
 from ingest.store import Budget, Reader, Retention, Store
@@ -179,7 +179,7 @@ def start_shipping(settings: Settings, store: Store, metrics: Metrics,
 async def stop_shipping(shipper: Shipper, reader: Reader, sink: Sink,
                         task: asyncio.Task[None]) -> None:
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, SinkError):
+    with contextlib.suppress(asyncio.CancelledError, RemoteError):
         await task
     await sink.close()
     reader.close()

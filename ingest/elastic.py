@@ -15,10 +15,10 @@ from elasticsearch import AsyncElasticsearch
 
 from ingest.errors import (
     ConfigError,
-    SinkError,
-    SinkRefused,
-    SinkUnavailable,
-    SinkVersionMismatch,
+    RemoteError,
+    RemoteRefused,
+    RemoteUnavailable,
+    VersionMismatch,
 )
 from ingest.remote import answer_error, redact, timed_out, unreachable
 
@@ -76,7 +76,7 @@ class Cluster:
         await self.close()
 
     async def check_version(self) -> str:
-        """The server version; raises SinkVersionMismatch when its major is not the client's."""
+        """The server version; raises VersionMismatch when its major is not the client's."""
         try:
             # Through the transport with plain JSON: the client would send its compatibility
             # header, which an older server answers with a 400 instead of its version.
@@ -89,13 +89,13 @@ class Cluster:
             raise answer_error("reading the cluster version", meta.status,
                                credentials=CREDENTIALS)
         if not isinstance(info, dict) or "version" not in info:
-            raise SinkUnavailable(f"reading the cluster version: HTTP {meta.status}", meta.status)
+            raise RemoteUnavailable(f"reading the cluster version: HTTP {meta.status}", meta.status)
         if meta.headers.get("x-elastic-product") != "Elasticsearch":
-            raise SinkRefused(f"the server at {self.url} is not Elasticsearch")
+            raise RemoteRefused(f"the server at {self.url} is not Elasticsearch")
         number = str(info["version"]["number"])
         major = int(number.split(".")[0])
         if major != CLIENT_MAJOR:
-            raise SinkVersionMismatch(
+            raise VersionMismatch(
                 f"Elasticsearch at {self.url} is {number} but the installed Python client is "
                 f"{CLIENT_VERSION}: client and server majors must match. Install "
                 f"`pip install 'elasticsearch>={major},<{major + 1}'` or use a {CLIENT_MAJOR}.x "
@@ -103,7 +103,7 @@ class Cluster:
         return number
 
     async def bulk(self, body: bytes, filter_path: str) -> dict[str, Any]:
-        """One `_bulk` request; raises SinkUnavailable (retry) or SinkRefused (pause)."""
+        """One `_bulk` request; raises RemoteUnavailable (retry) or RemoteRefused (pause)."""
         try:
             response = await self.client.bulk(
                 body=body, filter_path=filter_path)  # type: ignore[arg-type]
@@ -187,10 +187,10 @@ class Cluster:
         return meta
 
 
-def _translate(exc: Exception, doing: str) -> SinkError:
+def _translate(exc: Exception, doing: str) -> RemoteError:
     """The client's exceptions as our error tree: retry what may pass, refuse the rest."""
     if isinstance(exc, elasticsearch.UnsupportedProductError):
-        return SinkRefused(f"{doing}: the server at this URL is not Elasticsearch")
+        return RemoteRefused(f"{doing}: the server at this URL is not Elasticsearch")
     if isinstance(exc, elasticsearch.ApiError):
         error_type, reason = _reason(exc)
         return answer_error(doing, exc.meta.status, reason, credentials=CREDENTIALS,
@@ -199,7 +199,7 @@ def _translate(exc: Exception, doing: str) -> SinkError:
         return timed_out(doing)
     if isinstance(exc, elastic_transport.TransportError):
         return unreachable(doing, type(exc).__name__)
-    return SinkUnavailable(f"{doing}: {type(exc).__name__}: {exc}")
+    return RemoteUnavailable(f"{doing}: {type(exc).__name__}: {exc}")
 
 
 def _reason(exc: Any) -> tuple[str | None, str]:

@@ -1,4 +1,4 @@
-"""The one error tree of holysheep-ingest; HTTP status mapping lives in `ingest.webhook`.
+"""The one error tree of holysheep-ingest, and the one map from it to HTTP statuses.
 
     IngestError
     ├── ConfigError                  bad or missing setting; the CLI prints it and exits 2,
@@ -14,16 +14,18 @@
     │   ├── PayloadTooLarge          -> 413 (raw or decompressed size over the limit)
     │   ├── UnsupportedMediaType     -> 415
     │   └── MalformedPayload         -> 400 (not JSON/NDJSON, bad gzip, empty)
-    ├── EventInvalid                 one event failed validation: quarantined, never an HTTP error
+    ├── EventInvalid                 one event failed validation: it is quarantined and the
+    │                                body answered 202 beside the others (422 when none passed)
     ├── StoreError                   -> 503 with Retry-After
     │   ├── StoreFull                over the size limit or the disk nearly full
     │   └── StoreUnavailable         the writer failed or is stopped
-    └── SinkError                    a remote (Elasticsearch, Logstash, Kibana); never reaches a
-        │                            webhook sender. `ingest.remote` decides which is which
-        ├── SinkUnavailable          connection, timeout, 408, 429, 5xx but 501: retried, backoff
-        ├── SinkRefused              401/403/404/other whole-request refusals: shipping pauses
+    └── RemoteError                  a system we call (Elasticsearch, Logstash, Kibana, the
+        │                            relay's usage endpoint); never reaches a webhook sender.
+        │                            `ingest.remote` decides which is which
+        ├── RemoteUnavailable        connection, timeout, 408, 429, 5xx but 501: retried, backoff
+        ├── RemoteRefused            401/403/404/other whole-request refusals: shipping pauses
         │                            (a 400 from Elasticsearch is narrowed down to its event)
-        └── SinkVersionMismatch      server major differs from the client library's: stop
+        └── VersionMismatch          server major differs from the client library's: stop
 
 Anything else that escapes on the webhook path is a fault of the receiver: 500
 `internal_error`, logged by type and place only, counted as `outcome="error"`.
@@ -106,8 +108,8 @@ class StoreUnavailable(StoreError):
     code = "store_unavailable"
 
 
-class SinkError(IngestError):
-    code = "sink_error"
+class RemoteError(IngestError):
+    code = "remote_error"
 
     def __init__(self, message: str = "", status: int | None = None, *,
                  error_type: str | None = None) -> None:
@@ -116,13 +118,44 @@ class SinkError(IngestError):
         self.error_type = error_type  # the remote's own name for the error, when it gave one
 
 
-class SinkUnavailable(SinkError):
-    code = "sink_unavailable"
+class RemoteUnavailable(RemoteError):
+    code = "remote_unavailable"
 
 
-class SinkRefused(SinkError):
-    code = "sink_refused"
+class RemoteRefused(RemoteError):
+    code = "remote_refused"
 
 
-class SinkVersionMismatch(SinkError):
-    code = "sink_version_mismatch"
+class VersionMismatch(RemoteError):
+    code = "version_mismatch"
+
+
+# Each error class: its HTTP status and the `outcome` it counts under in ingest_webhooks_total.
+# ConfigError, AccessDenied and NotFound only come from the dashboard's API.
+_STATUS: tuple[tuple[type[IngestError], int, str], ...] = (
+    (SignatureError, 401, "unauthorized"),
+    (PayloadTooLarge, 413, "too_large"),
+    (UnsupportedMediaType, 415, "unsupported"),
+    (MalformedPayload, 400, "malformed"),
+    (StoreError, 503, "overloaded"),
+    (ConfigError, 400, "bad_request"),
+    (AccessDenied, 401, "unauthorized"),
+    (NotFound, 404, "not_found"),
+)
+
+
+def http_status(exc: IngestError) -> int:
+    """The HTTP status for an error of the tree; anything unmapped is the server's fault."""
+    return _mapped(exc)[0]
+
+
+def outcome(exc: IngestError) -> str:
+    """The `outcome` label an error counts under in `ingest_webhooks_total`."""
+    return _mapped(exc)[1]
+
+
+def _mapped(exc: IngestError) -> tuple[int, str]:
+    for cls, status, name in _STATUS:
+        if isinstance(exc, cls):
+            return status, name
+    return 500, "error"

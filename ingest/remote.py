@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import httpx
 
-from ingest.errors import SinkError, SinkRefused, SinkUnavailable
+from ingest.errors import RemoteError, RemoteRefused, RemoteUnavailable
 
 T = TypeVar("T")
 
@@ -29,32 +29,32 @@ def retryable(status: int) -> bool:
 
 
 def answer_error(doing: str, status: int, detail: str = "", *, credentials: str = "",
-                 error_type: str | None = None) -> SinkError:
-    """The error for a non-2xx answer: SinkUnavailable when retryable, else SinkRefused.
+                 error_type: str | None = None) -> RemoteError:
+    """The error for a non-2xx answer: RemoteUnavailable when retryable, else RemoteRefused.
 
     `credentials` names the settings to check when the answer is 401 or 403.
     """
     if retryable(status):
-        return SinkUnavailable(f"{doing}: HTTP {status}{_sep(detail)}", status,
+        return RemoteUnavailable(f"{doing}: HTTP {status}{_sep(detail)}", status,
                                error_type=error_type)
     if status in (401, 403) and credentials:
         said = f" ({detail})" if detail else ""
-        return SinkRefused(f"{doing}: HTTP {status}, not authorised: check {credentials}{said}",
+        return RemoteRefused(f"{doing}: HTTP {status}, not authorised: check {credentials}{said}",
                            status, error_type=error_type)
-    return SinkRefused(f"{doing}: HTTP {status}{_sep(detail)}", status, error_type=error_type)
+    return RemoteRefused(f"{doing}: HTTP {status}{_sep(detail)}", status, error_type=error_type)
 
 
-def timed_out(doing: str, after: float | None = None) -> SinkUnavailable:
+def timed_out(doing: str, after: float | None = None) -> RemoteUnavailable:
     """A request that got no answer in time: always retried."""
-    return SinkUnavailable(f"{doing}: timed out" + (f" after {after:g}s" if after else ""))
+    return RemoteUnavailable(f"{doing}: timed out" + (f" after {after:g}s" if after else ""))
 
 
-def unreachable(doing: str, kind: str) -> SinkUnavailable:
+def unreachable(doing: str, kind: str) -> RemoteUnavailable:
     """A connection that could not be made or broke (`kind`: the exception's name): retried."""
-    return SinkUnavailable(f"{doing}: cannot connect ({kind})")
+    return RemoteUnavailable(f"{doing}: cannot connect ({kind})")
 
 
-def transport_error(doing: str, exc: httpx.HTTPError, after: float | None = None) -> SinkError:
+def transport_error(doing: str, exc: httpx.HTTPError, after: float | None = None) -> RemoteError:
     """httpx's failures without an answer (Logstash, Kibana) under the same policy."""
     if isinstance(exc, httpx.TimeoutException):
         return timed_out(doing, after)
@@ -63,13 +63,13 @@ def transport_error(doing: str, exc: httpx.HTTPError, after: float | None = None
 
 async def while_unavailable(call: Callable[[], Awaitable[T]], seconds: float,
                             pause: float = 2.0) -> T:
-    """`call()`, tried again every `pause` while it raises SinkUnavailable, for up to `seconds`
+    """`call()`, tried again every `pause` while it raises RemoteUnavailable, for up to `seconds`
     (a cluster or Kibana that is still starting); then its last error is raised."""
     deadline = time.monotonic() + seconds
     while True:
         try:
             return await call()
-        except SinkUnavailable:
+        except RemoteUnavailable:
             if time.monotonic() >= deadline:
                 raise
             await asyncio.sleep(pause)

@@ -97,7 +97,7 @@ def accept(items: list[Pending], body: bytes) -> Outcome:
 class FakeSink:
     """The shipper's Sink in memory, as httpx's MockTransport is a transport for a client.
 
-    `handler(items, body)` answers each `send`: an Outcome, or it raises a SinkError. Every
+    `handler(items, body)` answers each `send`: an Outcome, or it raises a RemoteError. Every
     send is recorded in `calls`. While `hold` is an unset asyncio.Event, sends wait for it:
     a test keeps requests in flight and releases them when it chooses (`wait_calls` tells when
     they have arrived). `version` answers `check_version` (a callable may raise instead).
@@ -158,7 +158,7 @@ SearchHandler = Callable[[str, dict[str, Any]], dict[str, Any]]
 class FakeCluster(Cluster):
     """A Cluster answering from handlers in memory, for ElasticsearchSink and the report queries
     without a server. `bulk(body, filter_path)` and `search(index, body)` return the response
-    body or raise a SinkError, as Cluster does once it has translated the client's exceptions
+    body or raise a RemoteError, as Cluster does once it has translated the client's exceptions
     (that translation is tested over HTTP). Only these calls are faked; setup calls are not.
     """
 

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from ingest.assets import asset_path
-from ingest.errors import ConfigError, SinkError, SinkRefused
+from ingest.errors import ConfigError, RemoteError, RemoteRefused
 from ingest.remote import answer_error, redact, transport_error
 
 SAVED_OBJECTS = "holysheep.ndjson"
@@ -32,8 +32,8 @@ async def import_saved_objects(
 ) -> dict[str, Any]:
     """POST `path` to Kibana's saved objects import with overwrite=true; returns Kibana's answer.
 
-    Raises SinkUnavailable when Kibana cannot be reached, times out or answers a status
-    `ingest.remote` retries (Kibana answers 503 while it starts), SinkRefused for 401/403, any
+    Raises RemoteUnavailable when Kibana cannot be reached, times out or answers a status
+    `ingest.remote` retries (Kibana answers 503 while it starts), RemoteRefused for 401/403, any
     other status or an import with `success: false`, and ConfigError for an unreadable file or
     CA certificate.
     Messages never contain credentials.
@@ -70,7 +70,7 @@ async def import_saved_objects(
     try:
         return _result(await _post(url, headers, auth, verify, timeout, transport, path.name,
                                    content), doing)
-    except SinkError as exc:
+    except RemoteError as exc:
         # Kibana's own messages are quoted; make sure no secret ever comes back in one.
         message = exc.message
         for secret in secrets:
@@ -102,10 +102,10 @@ def _result(response: httpx.Response, doing: str) -> dict[str, Any]:
     except ValueError:
         body = None
     if not isinstance(body, dict) or "success" not in body:
-        raise SinkRefused(f"{doing}: the answer is not a saved objects import result: is this "
+        raise RemoteRefused(f"{doing}: the answer is not a saved objects import result: is this "
                           "URL Kibana?", status)
     if body["success"] is not True:
-        raise SinkRefused(f"{doing}: Kibana refused the import: {_errors(body)}", status)
+        raise RemoteRefused(f"{doing}: Kibana refused the import: {_errors(body)}", status)
     result: dict[str, Any] = body
     return result
 

@@ -11,17 +11,13 @@ from typing import Any
 import orjson
 
 from ingest.errors import (
-    AccessDenied,
-    ConfigError,
     EventInvalid,
     IngestError,
     MalformedPayload,
-    NotFound,
     PayloadTooLarge,
-    SignatureError,
     SignatureMismatch,
-    StoreError,
-    UnsupportedMediaType,
+    http_status,
+    outcome,
 )
 from ingest.metrics import Metrics
 from ingest.receive import body as events
@@ -37,41 +33,11 @@ Send = Callable[[Message], Awaitable[None]]
 
 log = logging.getLogger("ingest.webhook")
 
-# Each error class: its HTTP status and its `ingest_webhooks_total` outcome.
-_STATUS: tuple[tuple[type[IngestError], int, str], ...] = (
-    (SignatureError, 401, "unauthorized"),
-    (PayloadTooLarge, 413, "too_large"),
-    (UnsupportedMediaType, 415, "unsupported"),
-    (MalformedPayload, 400, "malformed"),
-    (EventInvalid, 422, "quarantined"),
-    (StoreError, 503, "overloaded"),
-    # Only the dashboard's API raises these; they never reach the webhook.
-    (ConfigError, 400, "bad_request"),
-    (AccessDenied, 401, "unauthorized"),
-    (NotFound, 404, "not_found"),
-)
 _INTERNAL = orjson.dumps({"error": "internal_error",
                           "message": "the receiver failed on this request; it is logged"})
 _JSON = (b"content-type", b"application/json")
 _SIGNATURE_HEADERS = frozenset(name.encode() for name in HEADERS)
 _MAX_REPORTED_ERRORS = 20
-
-
-def http_status(exc: IngestError) -> int:
-    """The HTTP status for an error of the tree; anything unmapped is the server's fault."""
-    return _mapped(exc)[0]
-
-
-def outcome(exc: IngestError) -> str:
-    """The `outcome` label an error counts under in `ingest_webhooks_total`."""
-    return _mapped(exc)[1]
-
-
-def _mapped(exc: IngestError) -> tuple[int, str]:
-    for cls, status, name in _STATUS:
-        if isinstance(exc, cls):
-            return status, name
-    return 500, "error"
 
 
 @lru_cache(maxsize=1024)

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ingest.elastic import Cluster, Connection
-from ingest.errors import SinkRefused
+from ingest.errors import RemoteRefused
 from ingest.records import DeadLetter, Outcome, Pending
 from ingest.ship.bulk import FILTER_PATH, classify, merge
 from ingest.ship.bulk import chunks as bulk_chunks
@@ -51,13 +51,13 @@ class ElasticsearchSink:
         """One bulk request, classified item by item; a whole-request 400 is narrowed down."""
         try:
             return classify(items, await self.bulk(body))
-        except SinkRefused as exc:
+        except RemoteRefused as exc:
             lines = _item_lines(items, body)
             if exc.status != 400 or lines is None:
                 raise
             return await self._narrow(items, lines, exc, isolated=False)
 
-    async def _narrow(self, items: list[Pending], lines: list[bytes], refusal: SinkRefused,
+    async def _narrow(self, items: list[Pending], lines: list[bytes], refusal: RemoteRefused,
                       isolated: bool) -> Outcome:
         """Halve a batch refused as a whole until each refused event stands alone.
 
@@ -75,11 +75,11 @@ class ElasticsearchSink:
         half = len(items) // 2
         parts = [(items[:half], lines[:half]), (items[half:], lines[half:])]
         done: list[Outcome] = []
-        refused: list[tuple[list[Pending], list[bytes], SinkRefused]] = []
+        refused: list[tuple[list[Pending], list[bytes], RemoteRefused]] = []
         for part, part_lines in parts:
             try:
                 done.append(classify(part, await self.bulk(b"".join(part_lines))))
-            except SinkRefused as exc:
+            except RemoteRefused as exc:
                 if exc.status != 400:
                     raise
                 refused.append((part, part_lines, exc))

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from ingest.errors import ConfigError, SinkRefused
+from ingest.errors import ConfigError, RemoteRefused
 from ingest.records import DeadLetter, Outcome, Pending
 from ingest.remote import answer_error, redact, retryable, transport_error
 from ingest.ship import bulk
@@ -62,7 +62,7 @@ class LogstashSink:
         if retryable(status) or status in (401, 403):
             raise answer_error("Logstash", status, credentials=CREDENTIALS)
         if status == 413:
-            raise SinkRefused(f"Logstash: HTTP 413 {response.text[:200]}", 413)
+            raise RemoteRefused(f"Logstash: HTTP 413 {response.text[:200]}", 413)
         if len(items) > 1:
             # Without per-item answers, halve the batch until the refused event stands alone.
             half = len(items) // 2

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from ingest.errors import SinkError, SinkRefused, SinkUnavailable, SinkVersionMismatch, StoreError
+from ingest.errors import RemoteError, RemoteRefused, RemoteUnavailable, StoreError, VersionMismatch
 from ingest.records import DeadLetter, Outcome, Pending
 from ingest.ship import bulk
 from ingest.store import Reader, Store, mark_done
@@ -86,7 +86,7 @@ class Shipper:
         self.stats = Stats()
         self.status = "starting"
         self.paused: str | None = None
-        self.refused: SinkRefused | None = None
+        self.refused: RemoteRefused | None = None
         self.last_error: str | None = None
         self.server_version: str | None = None
         self._cursor = 0
@@ -113,7 +113,7 @@ class Shipper:
     async def drain(self, timeout: float | None = None, give_up_on_refusal: bool = False) -> None:
         """Ship until nothing is pending or waiting for a retry (for `ship --once` and tests).
 
-        `give_up_on_refusal`: raise the first SinkRefused (credentials, a missing index)
+        `give_up_on_refusal`: raise the first RemoteRefused (credentials, a missing index)
         instead of waiting, paused, for its cause to be fixed.
         """
         await self._connect(give_up_on_refusal)
@@ -128,7 +128,7 @@ class Shipper:
                 if not self.reader.pending(self._cursor, 1):
                     return
             if deadline is not None and self.monotonic() > deadline:
-                raise TimeoutError("events still pending when the time ran out")
+                raise RemoteUnavailable("events still pending when the time ran out")
             if not progressed:
                 await self.sleep(self._idle_delay())
 
@@ -143,12 +143,12 @@ class Shipper:
                 self._cursor = (self.reader.first_pending() or 1) - 1
                 self.status = "shipping"
                 return
-            except SinkVersionMismatch as exc:
+            except VersionMismatch as exc:
                 self.status = "stopped"
                 self.last_error = exc.message
                 raise
-            except SinkError as exc:
-                if give_up_on_refusal and isinstance(exc, SinkRefused):
+            except RemoteError as exc:
+                if give_up_on_refusal and isinstance(exc, RemoteRefused):
                     raise
                 self.status = "waiting for Elasticsearch"
                 self.last_error = exc.message
@@ -215,16 +215,16 @@ class Shipper:
         outcome: Outcome | None = None
         try:
             outcome = await self.sink.send(items, body)
-        except SinkUnavailable as exc:
+        except RemoteUnavailable as exc:
             self._failed(items, exc.message)
-        except SinkRefused as exc:
+        except RemoteRefused as exc:
             await self._refused(items, exc)
         else:
             await self._finish(outcome)
         if self.on_bulk:
             self.on_bulk(outcome, self.monotonic() - started)
 
-    async def _refused(self, items: list[Pending], exc: SinkRefused) -> None:
+    async def _refused(self, items: list[Pending], exc: RemoteRefused) -> None:
         if exc.status == 413 and len(items) > 1:
             self.batch_bytes = max(_MIN_BATCH_BYTES, self.batch_bytes // 2)
             log.warning("bulk request too large; batches now up to %d bytes", self.batch_bytes)

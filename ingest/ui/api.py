@@ -13,8 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from ingest.answers import catalogue, reports
-from ingest.errors import AccessDenied, ConfigError, IngestError, NotFound
-from ingest.receive.webhook import http_status
+from ingest.errors import AccessDenied, ConfigError, IngestError, NotFound, http_status
 from ingest.records import Query
 from ingest.store import Reader
 from ingest.ui import series

@@ -1,5 +1,5 @@
 """The cluster client over HTTP, against the fault-injection `_bulk` server: how the client's
-answers and exceptions are translated into SinkUnavailable / SinkRefused / SinkVersionMismatch,
+answers and exceptions are translated into RemoteUnavailable / RemoteRefused / VersionMismatch,
 timeouts, the wire format, and that credentials reach the server but never an error.
 
 FaultBulkServer is a test tool, not an Elasticsearch (the real-cluster suite is
@@ -20,7 +20,13 @@ from receiver import free_port
 
 from ingest import records
 from ingest.elastic import CLIENT_MAJOR, CLIENT_VERSION, Connection
-from ingest.errors import ConfigError, SinkError, SinkRefused, SinkUnavailable, SinkVersionMismatch
+from ingest.errors import (
+    ConfigError,
+    RemoteError,
+    RemoteRefused,
+    RemoteUnavailable,
+    VersionMismatch,
+)
 from ingest.records import Pending
 from ingest.ship import bulk
 from ingest.ship.elasticsearch import ElasticsearchSink
@@ -57,10 +63,10 @@ async def call(conn: Connection, what: str, body: bytes = b"") -> Any:
         await sink.close()
 
 
-def fail(conn: Connection, what: str, body: bytes = b"") -> SinkError:
-    """The SinkError a call raises (the test fails if it raises nothing or something else)."""
-    async def scenario() -> SinkError:
-        with pytest.raises(SinkError) as caught:
+def fail(conn: Connection, what: str, body: bytes = b"") -> RemoteError:
+    """The RemoteError a call raises (the test fails if it raises nothing or something else)."""
+    async def scenario() -> RemoteError:
+        with pytest.raises(RemoteError) as caught:
             await call(conn, what, body)
         return caught.value
 
@@ -87,7 +93,7 @@ def test_check_version_returns_the_server_version(server: FaultBulkServer) -> No
 def test_check_version_mismatch_names_both_versions() -> None:
     with FaultBulkServer(version="8.15.0") as old:
         error = fail(Connection(old.url), "version")
-    assert type(error) is SinkVersionMismatch
+    assert type(error) is VersionMismatch
     assert "8.15.0" in error.message
     assert CLIENT_VERSION in error.message
     assert "pip install 'elasticsearch>=8,<9'" in error.message
@@ -97,27 +103,27 @@ def test_check_version_mismatch_names_both_versions() -> None:
 def test_check_version_of_a_newer_major_is_a_mismatch_too() -> None:
     with FaultBulkServer(version=f"{CLIENT_MAJOR + 1}.0.0") as new:
         error = fail(Connection(new.url), "version")
-    assert type(error) is SinkVersionMismatch
+    assert type(error) is VersionMismatch
     assert f"{CLIENT_MAJOR + 1}.0.0" in error.message
 
 
 def test_check_version_unreachable_is_unavailable() -> None:
     error = fail(Connection(closed_url(), timeout_s=2), "version")
-    assert type(error) is SinkUnavailable
+    assert type(error) is RemoteUnavailable
     assert "cannot connect" in error.message
 
 
 def test_check_version_without_the_product_header_is_refused(server: FaultBulkServer) -> None:
     server.product_header = False
     error = fail(Connection(server.url), "version")
-    assert type(error) is SinkRefused
+    assert type(error) is RemoteRefused
     assert "not Elasticsearch" in error.message
 
 
 def test_check_version_of_a_server_going_down_is_unavailable(server: FaultBulkServer) -> None:
     server.down("reset")
     error = fail(Connection(server.url, timeout_s=2), "version")
-    assert type(error) is SinkUnavailable
+    assert type(error) is RemoteUnavailable
 
 
 # -- bulk --------------------------------------------------------------------------------------
@@ -227,7 +233,7 @@ def test_bulk_whole_retryable_statuses_are_unavailable(server: FaultBulkServer,
                                                        status: int) -> None:
     server.whole_status(status)
     error = fail(Connection(server.url), "bulk", body_of("a"))
-    assert type(error) is SinkUnavailable
+    assert type(error) is RemoteUnavailable
     assert error.status == status
     assert f"HTTP {status}" in error.message
     assert server.snapshot() == {}
@@ -239,7 +245,7 @@ def test_bulk_not_authorised_is_refused_and_names_the_setting(server: FaultBulkS
     server.whole_status(status, error_type="security_exception",
                         reason="missing authentication credentials")
     error = fail(Connection(server.url), "bulk", body_of("a"))
-    assert type(error) is SinkRefused
+    assert type(error) is RemoteRefused
     assert error.status == status
     assert "INGEST_ELASTICSEARCH_API_KEY" in error.message
     assert "security_exception" in error.message
@@ -249,16 +255,16 @@ def test_bulk_not_authorised_is_refused_and_names_the_setting(server: FaultBulkS
 def test_bulk_other_whole_statuses_are_refused(server: FaultBulkServer, status: int) -> None:
     server.whole_status(status, error_type="index_not_found_exception", reason="no such index")
     error = fail(Connection(server.url), "bulk", body_of("a"))
-    assert type(error) is SinkRefused
+    assert type(error) is RemoteRefused
     assert error.status == status
     assert error.error_type == "index_not_found_exception"
     assert "index_not_found_exception: no such index" in error.message
 
 
-@pytest.mark.parametrize(("status", "kind"), [(500, SinkUnavailable), (501, SinkRefused),
-                                              (404, SinkRefused), (401, SinkRefused)])
+@pytest.mark.parametrize(("status", "kind"), [(500, RemoteUnavailable), (501, RemoteRefused),
+                                              (404, RemoteRefused), (401, RemoteRefused)])
 def test_check_version_answers_follow_the_same_policy(server: FaultBulkServer, status: int,
-                                                      kind: type[SinkError]) -> None:
+                                                      kind: type[RemoteError]) -> None:
     original = server._handle
 
     def failing(method: str, target: str, headers: Any, body: bytes) -> Any:
@@ -275,28 +281,28 @@ def test_check_version_answers_follow_the_same_policy(server: FaultBulkServer, s
 def test_bulk_timeout_is_unavailable(server: FaultBulkServer) -> None:
     server.delay(1.0)
     error = fail(Connection(server.url, timeout_s=0.2), "bulk", body_of("a"))
-    assert type(error) is SinkUnavailable
+    assert type(error) is RemoteUnavailable
     assert "timed out" in error.message
     assert error.status is None
 
 
 def test_bulk_connection_refused_is_unavailable() -> None:
     error = fail(Connection(closed_url()), "bulk", body_of("a"))
-    assert type(error) is SinkUnavailable
+    assert type(error) is RemoteUnavailable
     assert "cannot connect" in error.message
 
 
 def test_bulk_lost_response_is_unavailable(server: FaultBulkServer) -> None:
     server.lose_responses(1)
     error = fail(Connection(server.url), "bulk", body_of("a"))
-    assert type(error) is SinkUnavailable
+    assert type(error) is RemoteUnavailable
     assert sorted(server.snapshot()) == ["a"]  # applied, only the answer was lost
 
 
 def test_bulk_without_the_product_header_is_refused(server: FaultBulkServer) -> None:
     server.product_header = False
     error = fail(Connection(server.url), "bulk", body_of("a"))
-    assert type(error) is SinkRefused
+    assert type(error) is RemoteRefused
     assert "not Elasticsearch" in error.message
 
 
@@ -307,7 +313,7 @@ SECRETS = (PASSWORD, API_KEY, "s3cr3t-api-key")
 
 def assert_no_secret(error: BaseException) -> None:
     seen = [str(error), repr(error), *map(str, error.args)]
-    if isinstance(error, SinkError | ConfigError):
+    if isinstance(error, RemoteError | ConfigError):
         seen.append(error.message)
     for text in seen:
         for secret in SECRETS:
@@ -324,7 +330,7 @@ def credentials(url: str, kind: str, timeout_s: float = 2.0) -> Connection:
 def test_credentials_never_appear_in_errors(server: FaultBulkServer, kind: str,
                                             caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    errors: list[SinkError] = []
+    errors: list[RemoteError] = []
     for status in (401, 403, 404, 503):
         server.whole_status(status)
         errors.append(fail(credentials(server.url, kind), "bulk", body_of("a")))
@@ -337,9 +343,9 @@ def test_credentials_never_appear_in_errors(server: FaultBulkServer, kind: str,
     errors.append(fail(credentials(closed_url(), kind), "bulk", body_of("a")))
     with FaultBulkServer(version="8.15.0") as old:
         errors.append(fail(credentials(old.url, kind), "version"))
-    assert [type(e) for e in errors] == [SinkRefused, SinkRefused, SinkRefused, SinkUnavailable,
-                                         SinkUnavailable, SinkRefused, SinkUnavailable,
-                                         SinkVersionMismatch]
+    assert [type(e) for e in errors] == [
+        RemoteRefused, RemoteRefused, RemoteRefused, RemoteUnavailable, RemoteUnavailable,
+        RemoteRefused, RemoteUnavailable, VersionMismatch]
     for error in errors:
         assert_no_secret(error)
     for secret in SECRETS:
@@ -382,8 +388,8 @@ def test_credentials_in_the_url_never_appear_in_errors() -> None:
         mismatch = fail(Connection(url), "version")
         old.product_header = False
         not_es = fail(Connection(url), "bulk", body_of("a"))
-    assert type(mismatch) is SinkVersionMismatch
-    assert type(not_es) is SinkRefused
+    assert type(mismatch) is VersionMismatch
+    assert type(not_es) is RemoteRefused
     assert_no_secret(mismatch)
     assert_no_secret(not_es)
     assert "http://***@127.0.0.1:" in mismatch.message

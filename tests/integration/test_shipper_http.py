@@ -22,7 +22,7 @@ import pytest
 from faults import FaultBulkServer
 
 from ingest.elastic import CLIENT_VERSION, Connection
-from ingest.errors import SinkVersionMismatch
+from ingest.errors import VersionMismatch
 from ingest.receive.enrich import Enricher
 from ingest.receive.prices import PriceBook
 from ingest.records import Row
@@ -251,7 +251,7 @@ def test_a_version_mismatch_stops_before_sending_anything(tmp_path: Path) -> Non
             async def scenario() -> tuple[Shipper, str]:
                 await r.add(ids(5))
                 async with shipping(r) as shipper:
-                    with pytest.raises(SinkVersionMismatch) as caught:
+                    with pytest.raises(VersionMismatch) as caught:
                         await shipper.drain(timeout=5)
                     return shipper, str(caught.value)
 

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from ingest import remote
-from ingest.errors import SinkRefused, SinkUnavailable
+from ingest.errors import RemoteRefused, RemoteUnavailable
 
 RETRIED = [408, 429, 500, 502, 503, 504, 507, 509, 599]
 REFUSED = [400, 401, 403, 404, 405, 409, 413, 422, 501]
@@ -16,7 +16,7 @@ REFUSED = [400, 401, 403, 404, 405, 409, 413, 422, 501]
 def test_throttling_server_errors_and_timeouts_are_retried(status: int) -> None:
     assert remote.retryable(status)
     error = remote.answer_error("doing", status, "busy")
-    assert type(error) is SinkUnavailable
+    assert type(error) is RemoteUnavailable
     assert error.status == status
     assert error.message == f"doing: HTTP {status} busy"
 
@@ -25,7 +25,7 @@ def test_throttling_server_errors_and_timeouts_are_retried(status: int) -> None:
 def test_client_errors_and_not_implemented_are_refusals(status: int) -> None:
     assert not remote.retryable(status)
     error = remote.answer_error("doing", status, "no", error_type="some_exception")
-    assert type(error) is SinkRefused
+    assert type(error) is RemoteRefused
     assert error.status == status
     assert error.error_type == "some_exception"
 
@@ -38,7 +38,7 @@ def test_every_status_has_exactly_one_answer() -> None:
 @pytest.mark.parametrize("status", [401, 403])
 def test_not_authorised_names_the_settings_to_check(status: int) -> None:
     error = remote.answer_error("bulk", status, "security_exception: no", credentials="INGEST_X")
-    assert type(error) is SinkRefused
+    assert type(error) is RemoteRefused
     assert error.message == (f"bulk: HTTP {status}, not authorised: check INGEST_X "
                              "(security_exception: no)")
 
@@ -48,7 +48,7 @@ def test_no_answer_at_all_is_retried() -> None:
     timeout = remote.transport_error("post", httpx.ReadTimeout("slow", request=request), 2.5)
     refused = remote.transport_error("post", httpx.ConnectError("refused", request=request))
     broken = remote.transport_error("post", httpx.RemoteProtocolError("eof", request=request))
-    assert [type(e) for e in (timeout, refused, broken)] == [SinkUnavailable] * 3
+    assert [type(e) for e in (timeout, refused, broken)] == [RemoteUnavailable] * 3
     assert timeout.message == "post: timed out after 2.5s"
     assert refused.message == "post: cannot connect (ConnectError)"
     assert broken.message == "post: cannot connect (RemoteProtocolError)"

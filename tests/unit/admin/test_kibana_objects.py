@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from ingest.admin.kibana import import_saved_objects, saved_objects_path
-from ingest.errors import ConfigError, SinkRefused, SinkUnavailable
+from ingest.errors import ConfigError, RemoteRefused, RemoteUnavailable
 
 ROOT = Path(__file__).resolve().parents[3]
 NDJSON = ROOT / "kibana" / "holysheep.ndjson"
@@ -520,7 +520,7 @@ def test_import_sends_an_api_key_instead_of_basic_auth() -> None:
 def test_not_authorised_is_refused_without_the_password() -> None:
     answer = _answer(401, {"statusCode": 401, "error": "Unauthorized",
                            "message": "unable to authenticate user [elastic]"})
-    with pytest.raises(SinkRefused) as caught:
+    with pytest.raises(RemoteRefused) as caught:
         run(import_saved_objects("http://elastic:url-secret-1@127.0.0.1:5601",
                                  username="elastic", password="hunter2-secret", api_key=None,
                                  ca_cert=None, path=NDJSON, transport=_mock(answer)))
@@ -533,7 +533,7 @@ def test_not_authorised_is_refused_without_the_password() -> None:
 
 def test_a_secret_echoed_by_kibana_is_masked() -> None:
     answer = _answer(403, {"message": "key ApiKey-Sekrit-123 lacks privileges"})
-    with pytest.raises(SinkRefused) as caught:
+    with pytest.raises(RemoteRefused) as caught:
         run(import_saved_objects("http://127.0.0.1:5601", username=None, password=None,
                                  api_key="ApiKey-Sekrit-123", ca_cert=None, path=NDJSON,
                                  transport=_mock(answer)))
@@ -551,7 +551,7 @@ def test_an_unsuccessful_import_names_the_failing_objects() -> None:
             {"id": "holysheep-by-user", "type": "search", "error": {"type": "unknown",
                                                                     "message": "boom"}},
         ]})
-    with pytest.raises(SinkRefused) as caught:
+    with pytest.raises(RemoteRefused) as caught:
         run(import_saved_objects("http://127.0.0.1:5601", username=None, password=None,
                                  api_key=None, ca_cert=None, path=NDJSON, transport=_mock(answer)))
     message = caught.value.message
@@ -565,7 +565,7 @@ def test_a_timeout_is_unavailable() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadTimeout("slow", request=request)
 
-    with pytest.raises(SinkUnavailable, match="timed out"):
+    with pytest.raises(RemoteUnavailable, match="timed out"):
         run(import_saved_objects("http://127.0.0.1:5601", username=None, password=None,
                                  api_key=None, ca_cert=None, path=NDJSON, timeout=2,
                                  transport=_mock(handler)))
@@ -574,7 +574,7 @@ def test_a_timeout_is_unavailable() -> None:
 @pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504, 599])
 def test_a_starting_or_overloaded_kibana_is_unavailable(status: int) -> None:
     answer = _answer(status, {"message": "Kibana server is not ready yet"})
-    with pytest.raises(SinkUnavailable) as caught:
+    with pytest.raises(RemoteUnavailable) as caught:
         run(import_saved_objects("http://127.0.0.1:5601", username=None, password=None,
                                  api_key=None, ca_cert=None, path=NDJSON, transport=_mock(answer)))
     assert caught.value.status == status
@@ -584,7 +584,7 @@ def test_a_starting_or_overloaded_kibana_is_unavailable(status: int) -> None:
 @pytest.mark.parametrize("status", [400, 404, 413, 501])
 def test_other_statuses_are_refused(status: int) -> None:
     answer = _answer(status, {"message": f"status {status}"})
-    with pytest.raises(SinkRefused) as caught:
+    with pytest.raises(RemoteRefused) as caught:
         run(import_saved_objects("http://127.0.0.1:5601", username=None, password=None,
                                  api_key=None, ca_cert=None, path=NDJSON, transport=_mock(answer)))
     assert caught.value.status == status
@@ -594,7 +594,7 @@ def test_an_answer_that_is_not_an_import_result_is_refused() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, text="<html>not Kibana</html>")
 
-    with pytest.raises(SinkRefused, match="is this URL Kibana"):
+    with pytest.raises(RemoteRefused, match="is this URL Kibana"):
         run(import_saved_objects("http://127.0.0.1:5601", username=None, password=None,
                                  api_key=None, ca_cert=None, path=NDJSON,
                                  transport=_mock(handler)))

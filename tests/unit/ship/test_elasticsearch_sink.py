@@ -23,7 +23,7 @@ from ingest.admin.elasticsearch import (
     template_pattern,
 )
 from ingest.elastic import Connection
-from ingest.errors import ConfigError, SinkRefused, SinkUnavailable
+from ingest.errors import ConfigError, RemoteRefused, RemoteUnavailable
 from ingest.records import Outcome, Pending
 from ingest.ship import bulk
 from ingest.ship.elasticsearch import VALIDATION, ElasticsearchSink
@@ -57,7 +57,7 @@ def refusing(bad: set[str], error_type: str = "illegal_argument_exception",
     """A cluster refusing as a whole (400) every request that holds one of `bad`."""
     def answer(body: bytes, filter_path: str) -> dict[str, Any]:
         if bad.intersection(sent_ids(body)):
-            raise SinkRefused(f"bulk request: HTTP 400 {error_type}: {reason}", 400,
+            raise RemoteRefused(f"bulk request: HTTP 400 {error_type}: {reason}", 400,
                               error_type=error_type)
         return created(body)
 
@@ -70,7 +70,7 @@ def validating(body: bytes, filter_path: str) -> dict[str, Any]:
     if too_long:
         listed = "".join(f"{n}: id [{i}] is too long, must be no longer than 512 bytes but "
                          f"was: {size};" for n, (i, size) in enumerate(too_long, 1))
-        raise SinkRefused(f"bulk request: HTTP 400 {VALIDATION}: Validation Failed: {listed}",
+        raise RemoteRefused(f"bulk request: HTTP 400 {VALIDATION}: Validation Failed: {listed}",
                           400, error_type=VALIDATION)
     return created(body)
 
@@ -140,9 +140,9 @@ def test_an_answer_that_does_not_pair_with_the_batch_retries_all_of_it() -> None
     assert outcome.shipped == [] and outcome.dead == []
 
 
-@pytest.mark.parametrize("error", [SinkUnavailable("bulk request: HTTP 503", 503),
-                                   SinkRefused("bulk request: HTTP 401", 401),
-                                   SinkRefused("bulk request: HTTP 413", 413)],
+@pytest.mark.parametrize("error", [RemoteUnavailable("bulk request: HTTP 503", 503),
+                                   RemoteRefused("bulk request: HTTP 401", 401),
+                                   RemoteRefused("bulk request: HTTP 413", 413)],
                          ids=["503", "401", "413"])
 def test_a_whole_request_failure_other_than_400_is_raised_as_it_is(error: Exception) -> None:
     def answer(body: bytes, filter_path: str) -> dict[str, Any]:
@@ -186,7 +186,7 @@ def test_two_events_refused_alike_in_both_halves_are_the_requests_fault() -> Non
     """Not a validation error and both halves refused: that looks like the request, not an
     event, so nothing is dead-lettered and the refusal goes up (shipping pauses)."""
     cluster = FakeCluster(refusing({"b", "g"}))
-    with pytest.raises(SinkRefused) as caught:
+    with pytest.raises(RemoteRefused) as caught:
         send(cluster, items(*"abcdefgh"))
     assert caught.value.status == 400
     assert sizes(cluster) == [8, 4, 4]
@@ -205,7 +205,7 @@ def test_an_event_refused_with_another_400_is_dead_once_its_half_is_accepted() -
 @pytest.mark.parametrize("count", [1, 6])
 def test_a_400_for_every_part_is_the_requests_fault_and_dead_letters_nothing(
         count: int) -> None:
-    refusal = SinkRefused("bulk request: HTTP 400 illegal_argument_exception: request "
+    refusal = RemoteRefused("bulk request: HTTP 400 illegal_argument_exception: request "
                           "[/_bulk] contains unrecognized parameter", 400,
                           error_type="illegal_argument_exception")
 
@@ -213,7 +213,7 @@ def test_a_400_for_every_part_is_the_requests_fault_and_dead_letters_nothing(
         raise refusal
 
     cluster = FakeCluster(answer)
-    with pytest.raises(SinkRefused) as caught:
+    with pytest.raises(RemoteRefused) as caught:
         send(cluster, items(*"abcdef"[:count]))
     assert caught.value is refusal
     assert len(cluster.bulks) == (1 if count == 1 else 3)  # the batch, then its two halves
@@ -221,13 +221,13 @@ def test_a_400_for_every_part_is_the_requests_fault_and_dead_letters_nothing(
 
 def test_a_400_for_a_body_not_made_of_item_pairs_is_not_narrowed() -> None:
     def answer(body: bytes, filter_path: str) -> dict[str, Any]:
-        raise SinkRefused("bulk request: HTTP 400", 400)
+        raise RemoteRefused("bulk request: HTTP 400", 400)
 
     async def scenario() -> None:
         async with ElasticsearchSink(FakeCluster(answer)) as sink:
             await sink.send(items("a", "b"), b'{"create":{}}\n')
 
-    with pytest.raises(SinkRefused):
+    with pytest.raises(RemoteRefused):
         run(scenario())
 
 

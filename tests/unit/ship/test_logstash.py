@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from ingest import records
-from ingest.errors import ConfigError, SinkError, SinkRefused, SinkUnavailable
+from ingest.errors import ConfigError, RemoteError, RemoteRefused, RemoteUnavailable
 from ingest.records import Pending
 from ingest.ship.logstash import LogstashConnection, LogstashSink
 
@@ -40,8 +40,8 @@ def send(handler: Callable[[httpx.Request], httpx.Response], sent: list[Pending]
     return run(scenario())
 
 
-def failure(handler: Callable[[httpx.Request], httpx.Response], url: str = URL) -> SinkError:
-    with pytest.raises(SinkError) as caught:
+def failure(handler: Callable[[httpx.Request], httpx.Response], url: str = URL) -> RemoteError:
+    with pytest.raises(RemoteError) as caught:
         send(handler, items("a", "b"), url)
     return caught.value
 
@@ -63,14 +63,14 @@ def test_a_2xx_ships_the_whole_batch_as_ndjson() -> None:
 @pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504, 507])
 def test_retryable_statuses_are_unavailable(status: int) -> None:
     error = failure(lambda request: httpx.Response(status))
-    assert type(error) is SinkUnavailable
+    assert type(error) is RemoteUnavailable
     assert error.status == status
 
 
 @pytest.mark.parametrize("status", [401, 403])
 def test_not_authorised_is_refused_and_names_the_settings(status: int) -> None:
     error = failure(lambda request: httpx.Response(status))
-    assert type(error) is SinkRefused
+    assert type(error) is RemoteRefused
     assert "INGEST_LOGSTASH_USERNAME/_PASSWORD" in error.message
 
 

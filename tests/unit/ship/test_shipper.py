@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from ingest.elastic import CREDENTIALS
-from ingest.errors import SinkError, SinkRefused, SinkUnavailable, SinkVersionMismatch
+from ingest.errors import RemoteError, RemoteRefused, RemoteUnavailable, VersionMismatch
 from ingest.receive.enrich import Enricher
 from ingest.receive.prices import PriceBook
 from ingest.records import Outcome, Pending, Row
@@ -78,8 +78,8 @@ class Index:
         self.reject: set[str] = set()  # 400 document_parsing_exception, for good
         self.floats: set[str] = set()  # fields mapped as float: a string there is a 400
         self.block: str | None = None  # a cluster block kind
-        self.whole: list[SinkError] = []  # raised for the next requests, one each
-        self.refuse: SinkError | None = None  # raised for every request while set
+        self.whole: list[RemoteError] = []  # raised for the next requests, one each
+        self.refuse: RemoteError | None = None  # raised for every request while set
         self.lose = 0  # requests applied whose answer is then lost
         self.outstanding: list[int] = []  # sampled at each request (set by `sampling`)
         self.shipper: Shipper | None = None
@@ -96,7 +96,7 @@ class Index:
                    for meta, source in zip(lines[::2], lines[1::2], strict=True)]
         if self.lose:
             self.lose -= 1
-            raise SinkUnavailable("bulk request: cannot connect (ConnectionError)")
+            raise RemoteUnavailable("bulk request: cannot connect (ConnectionError)")
         return bulk.classify(items, {"errors": True, "items": answers})
 
     def _item(self, doc_id: str, source: dict[str, Any]) -> dict[str, Any]:
@@ -262,10 +262,10 @@ def test_per_item_429_retries_only_the_rejected_items(rig: Rig) -> None:
 
 
 def test_whole_request_failures_are_retried_until_they_pass(rig: Rig) -> None:
-    """Which statuses are SinkUnavailable is the sink's business (tests/integration/
+    """Which statuses are RemoteUnavailable is the sink's business (tests/integration/
     test_elastic_http.py); the shipper retries each of them the same way."""
     expected = ids(20)
-    rig.index.whole = [SinkUnavailable(f"bulk request: HTTP {s}", s) for s in (503, 429, 502)]
+    rig.index.whole = [RemoteUnavailable(f"bulk request: HTTP {s}", s) for s in (503, 429, 502)]
     shipper = added_and_drained(rig, expected)
     assert_all_shipped(rig, expected)
     assert shipper.stats.bulk_failures == 3
@@ -280,7 +280,7 @@ def test_whole_request_failures_are_retried_until_they_pass(rig: Rig) -> None:
 
 
 def test_retry_backoff_doubles_per_attempt_up_to_the_cap(rig: Rig) -> None:
-    rig.index.whole = [SinkUnavailable("bulk request: HTTP 503", 503)] * 6
+    rig.index.whole = [RemoteUnavailable("bulk request: HTTP 503", 503)] * 6
     sent_at: list[float] = []
     index = rig.index
 
@@ -369,7 +369,7 @@ def refusing(bad: set[str], error_type: str, reason: str) -> Callable[[bytes, st
     def handler(body: bytes, filter_path: str) -> dict[str, Any]:
         sent = [orjson.loads(line)["create"]["_id"] for line in body.splitlines()[::2]]
         if bad.intersection(sent) or not bad:
-            raise SinkRefused(f"bulk request: HTTP 400 {error_type}: {reason}", 400,
+            raise RemoteRefused(f"bulk request: HTTP 400 {error_type}: {reason}", 400,
                               error_type=error_type)
         return {"errors": False, "items": [{"create": {"status": 201}} for _ in sent]}
 
@@ -469,7 +469,7 @@ def test_whole_401_pauses_new_leases_until_accepted_again(rig: Rig) -> None:
 
 def test_a_413_halves_the_batch_bytes_and_resends(rig: Rig) -> None:
     expected = ids(10)
-    rig.index.whole = [SinkRefused("bulk request: HTTP 413", 413)]
+    rig.index.whole = [RemoteRefused("bulk request: HTTP 413", 413)]
     shipper = added_and_drained(rig, expected, batch_bytes=1_000_000)
     assert_all_shipped(rig, expected)
     assert shipper.batch_bytes == 500_000
@@ -479,7 +479,7 @@ def test_a_413_halves_the_batch_bytes_and_resends(rig: Rig) -> None:
 
 def test_a_413_for_a_single_document_is_a_dead_letter(rig: Rig) -> None:
     expected = ids(3)
-    rig.index.whole = [SinkRefused("bulk request: HTTP 413", 413)]
+    rig.index.whole = [RemoteRefused("bulk request: HTTP 413", 413)]
     shipper = added_and_drained(rig, expected, batch_docs=1, concurrency=1)
     assert sorted(rig.index.docs) == expected[1:]
     [letter] = rig.reader.dead_letters()
@@ -493,7 +493,7 @@ def test_a_413_for_a_single_document_is_a_dead_letter(rig: Rig) -> None:
 
 def test_server_down_before_start_then_up_with_growing_waits(rig: Rig) -> None:
     expected = ids(15)
-    down = SinkUnavailable("reading the cluster version: cannot connect (ConnectionError)")
+    down = RemoteUnavailable("reading the cluster version: cannot connect (ConnectionError)")
     tried = asyncio.Event()
     state = {"down": True}
 
@@ -529,7 +529,7 @@ def test_server_down_while_shipping_then_up(rig: Rig) -> None:
     """The request in flight when the server goes is not applied: each event created once.
     (Refused and reset connections over a real socket: tests/integration.)"""
     expected = ids(30)
-    cut = SinkUnavailable("bulk request: cannot connect (ConnectionError)")
+    cut = RemoteUnavailable("bulk request: cannot connect (ConnectionError)")
 
     async def scenario() -> Shipper:
         await rig.add(expected)
@@ -800,7 +800,7 @@ def test_purge_dead_by_age_and_all(rig: Rig) -> None:
 def test_a_version_mismatch_stops_before_sending_anything(rig: Rig) -> None:
     """The mismatch's wording is Cluster.check_version's (tests/integration/
     test_elastic_http.py); the shipper stops on it and keeps everything pending."""
-    mismatch = SinkVersionMismatch("Elasticsearch at x is 8.15.0 but the client is 9.x")
+    mismatch = VersionMismatch("Elasticsearch at x is 8.15.0 but the client is 9.x")
 
     def version() -> str:
         raise mismatch
@@ -810,7 +810,7 @@ def test_a_version_mismatch_stops_before_sending_anything(rig: Rig) -> None:
     async def scenario() -> Shipper:
         await rig.add(ids(5))
         shipper = rig.shipper()
-        with pytest.raises(SinkVersionMismatch) as caught:
+        with pytest.raises(VersionMismatch) as caught:
             await shipper.drain()
         assert caught.value is mismatch
         return shipper
@@ -826,9 +826,9 @@ def test_a_version_mismatch_stops_before_sending_anything(rig: Rig) -> None:
 def test_a_one_shot_drain_gives_up_on_a_refusal_with_its_reason(rig: Rig) -> None:
     rig.index.refuse = answer_error("bulk request", 403, credentials=CREDENTIALS)
 
-    async def scenario() -> SinkRefused:
+    async def scenario() -> RemoteRefused:
         await rig.add(ids(4))
-        with pytest.raises(SinkRefused) as caught:
+        with pytest.raises(RemoteRefused) as caught:
             await rig.shipper().drain(give_up_on_refusal=True)
         return caught.value
 
