@@ -165,25 +165,25 @@ def build_router(readers: Readers, gate: Gate, quota: QuotaView,
             return found[0]
         return await answered(request, work)
 
-    @router.get("/series/traffic")
-    async def traffic(request: Request) -> Response:
-        """Requests, errors and error rate per model and time slot."""
+    async def in_slots(request: Request,
+                       answer: Callable[[Query, int, Reader], dict[str, Any]]) -> Response:
+        """A time series: the window cut into `step` slots (chosen when not given)."""
         async def work() -> Any:
             p = params(request, _WINDOW | {"step"})
             q = window(p, SERIES_SINCE, now())
             step = series.step_for(q, p["step"])
-            return await readers.run(lambda r: series.traffic(q, step, r))
+            return await readers.run(lambda r: answer(q, step, r))
         return await answered(request, work)
+
+    @router.get("/series/traffic")
+    async def traffic(request: Request) -> Response:
+        """Requests, errors and error rate per model and time slot."""
+        return await in_slots(request, series.traffic)
 
     @router.get("/series/latency")
     async def latency(request: Request) -> Response:
         """Exact p50/p95/p99 per time slot."""
-        async def work() -> Any:
-            p = params(request, _WINDOW | {"step"})
-            q = window(p, SERIES_SINCE, now())
-            step = series.step_for(q, p["step"])
-            return await readers.run(lambda r: series.latency(q, step, r))
-        return await answered(request, work)
+        return await in_slots(request, series.latency)
 
     @router.get("/top-users")
     async def top_users(request: Request) -> Response:
