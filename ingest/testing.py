@@ -11,7 +11,6 @@ from typing import Any
 
 import orjson
 
-from ingest.elastic import Cluster
 from ingest.receive.prices import PriceBook
 from ingest.receive.signing import signed_headers
 from ingest.records import Outcome, Pending, Row
@@ -155,8 +154,8 @@ BulkHandler = Callable[[bytes, str], dict[str, Any]]
 SearchHandler = Callable[[str, dict[str, Any]], dict[str, Any]]
 
 
-class FakeCluster(Cluster):
-    """A Cluster answering from handlers in memory, for ElasticsearchSink and the report queries
+class FakeCluster:
+    """A cluster answering from handlers in memory, for ElasticsearchSink and the report queries
     without a server. `bulk(body, filter_path)` and `search(index, body)` return the response
     body or raise a RemoteError, as Cluster does once it has translated the client's exceptions
     (that translation is tested over HTTP). Only these calls are faked; setup calls are not.

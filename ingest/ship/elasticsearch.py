@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from ingest.elastic import Cluster, Connection
 from ingest.errors import RemoteRefused
@@ -16,17 +16,31 @@ from ingest.ship.bulk import chunks as bulk_chunks
 VALIDATION = "action_request_validation_exception"
 
 
+class BulkCluster(Protocol):
+    """What the sink needs of a cluster: `elastic.Cluster`, or `testing.FakeCluster` in memory."""
+
+    url: str
+
+    async def bulk(self, body: bytes, filter_path: str) -> dict[str, Any]: ...
+
+    async def search(self, index: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def check_version(self) -> str: ...
+
+    async def close(self) -> None: ...
+
+
 class ElasticsearchSink:
     """The shipper's Sink over `_bulk`: plan, send, classify each item."""
 
-    def __init__(self, conn: Connection | Cluster) -> None:
-        self.cluster = conn if isinstance(conn, Cluster) else Cluster(conn)
+    def __init__(self, conn: Connection | BulkCluster) -> None:
+        self.cluster: BulkCluster = Cluster(conn) if isinstance(conn, Connection) else conn
         self.url = self.cluster.url
 
     @property
     def client(self) -> Any:
-        """The underlying client (tests and the real-cluster suite reach the cluster with it)."""
-        return self.cluster.client
+        """The underlying client of a real cluster (the real-cluster suite reaches it so)."""
+        return getattr(self.cluster, "client", None)
 
     async def close(self) -> None:
         await self.cluster.close()

@@ -62,8 +62,8 @@ def test_no_test_tool_is_part_of_the_product() -> None:
     assert not any("FaultBulkServer" in path.read_text() for path in MODULES.values())
 
 
-def test_choosing_logstash_does_not_load_the_elasticsearch_client() -> None:
-    code = ("import sys; import ingest.app, ingest.ship.logstash; "
+def test_logstash_and_the_test_helpers_do_not_load_the_elasticsearch_client() -> None:
+    code = ("import sys; import ingest.app, ingest.ship.logstash, ingest.testing; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('elasticsearch', 'elastic_transport')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
