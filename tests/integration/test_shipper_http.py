@@ -20,12 +20,10 @@ from typing import Any, TypeVar
 import orjson
 import pytest
 from faults import FaultBulkServer
+from shipping_events import NOW_MS, NOW_S, STREAM, event, ids, make_row
 
 from ingest.elastic import CLIENT_VERSION, Connection
 from ingest.errors import VersionMismatch
-from ingest.receive.enrich import Enricher
-from ingest.receive.prices import PriceBook
-from ingest.records import Row
 from ingest.ship.elasticsearch import ElasticsearchSink
 from ingest.ship.shipper import Shipper
 from ingest.store import Budget, Reader, Retention, Store
@@ -33,10 +31,6 @@ from ingest.store import Budget, Reader, Retention, Store
 pytestmark = pytest.mark.integration
 
 T = TypeVar("T")
-STREAM = "logs-holysheep.requests-default"
-NOW_S = 1_700_000_000.0
-NOW_MS = int(NOW_S * 1000)
-ENRICH = Enricher.default(PriceBook(lookup=None))
 
 
 def run(coro: Coroutine[Any, Any, T], timeout: float = 20.0) -> T:
@@ -51,22 +45,6 @@ async def until(check: Callable[[], bool], what: str, seconds: float = 5.0) -> N
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.005)
-
-
-def event(event_id: str, **fields: Any) -> dict[str, Any]:
-    return {"id": event_id, "type": "holysheep_request", "model": "gpt-4o", "status_code": 200,
-            "latency_ms": 12.5, "timestamp": NOW_MS - 1000,
-            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
-            "user_metadata": {"user_id": "user_001", "trace_id": "t-" + event_id}, **fields}
-
-
-def make_row(event_id: str, **fields: Any) -> Row:
-    raw = orjson.dumps(event(event_id, **fields))
-    return ENRICH.row(orjson.loads(raw), raw, NOW_MS)
-
-
-def ids(n: int, prefix: str = "evt") -> list[str]:
-    return [f"{prefix}-{i:04d}" for i in range(n)]
 
 
 class Rig:

@@ -19,11 +19,10 @@ from typing import Any, TypeVar
 
 import orjson
 import pytest
+from shipping_events import NOW_MS, NOW_S, STREAM, event, ids, make_row
 
 from ingest.elastic import CREDENTIALS
 from ingest.errors import RemoteError, RemoteRefused, RemoteUnavailable, VersionMismatch
-from ingest.receive.enrich import Enricher
-from ingest.receive.prices import PriceBook
 from ingest.records import Outcome, Pending, Row
 from ingest.remote import answer_error
 from ingest.ship import bulk
@@ -33,10 +32,6 @@ from ingest.store import PENDING, Budget, Reader, Retention, Store, purge_dead, 
 from ingest.testing import FakeCluster, FakeSink, VirtualTime
 
 T = TypeVar("T")
-STREAM = "logs-holysheep.requests-default"
-NOW_S = 1_700_000_000.0
-NOW_MS = int(NOW_S * 1000)
-ENRICH = Enricher.default(PriceBook(lookup=None))
 REJECTED = "[1:1] failed to parse: rejected by fault injection"
 BLOCKS = {  # as Elasticsearch words them: (item status, block)
     "write": (403, "FORBIDDEN/8/index write (api)"),
@@ -49,22 +44,6 @@ BLOCKS = {  # as Elasticsearch words them: (item status, block)
 def run(coro: Coroutine[Any, Any, T], timeout: float = 20.0) -> T:
     """Every scenario is bounded in (real) time."""
     return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-def event(event_id: str, **fields: Any) -> dict[str, Any]:
-    return {"id": event_id, "type": "holysheep_request", "model": "gpt-4o", "status_code": 200,
-            "latency_ms": 12.5, "timestamp": NOW_MS - 1000,
-            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
-            "user_metadata": {"user_id": "user_001", "trace_id": "t-" + event_id}, **fields}
-
-
-def make_row(event_id: str, **fields: Any) -> Row:
-    raw = orjson.dumps(event(event_id, **fields))
-    return ENRICH.row(orjson.loads(raw), raw, NOW_MS)
-
-
-def ids(n: int, prefix: str = "evt") -> list[str]:
-    return [f"{prefix}-{i:04d}" for i in range(n)]
 
 
 class Index:
