@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,7 +16,7 @@ from fastapi.responses import Response
 from ingest.answers import catalogue, reports
 from ingest.errors import AccessDenied, ConfigError, IngestError, NotFound, http_status
 from ingest.records import Query
-from ingest.store import Reader
+from ingest.store import Reader, background_priority
 from ingest.ui import series
 from ingest.ui.access import COOKIE, Gate
 from ingest.ui.quota import QuotaView
@@ -38,6 +39,10 @@ class Readers:
         self.data_dir, self.size = data_dir, size
         self._free: asyncio.Queue[Reader] | None = None
         self._all: list[Reader] = []
+        # The dashboard's queries share the core with the webhook's event loop: on threads of
+        # lower priority they run in its idle time instead of taking its share.
+        self._pool = ThreadPoolExecutor(size, thread_name_prefix="dashboard-read",
+                                        initializer=background_priority)
 
     async def run(self, work: Callable[[Reader], T]) -> T:
         if self._free is None:
@@ -48,13 +53,14 @@ class Readers:
                 self._free.put_nowait(reader)
         free = self._free
         reader = await free.get()
-        task = asyncio.ensure_future(asyncio.to_thread(work, reader))
+        task = asyncio.get_running_loop().run_in_executor(self._pool, work, reader)
         # Back in the pool when the thread is done, even if the request was cancelled before:
         # never two queries on one connection.
         task.add_done_callback(lambda _: free.put_nowait(reader))
         return await asyncio.shield(task)
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True)
         for reader in self._all:
             reader.close()
         self._all.clear()
