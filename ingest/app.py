@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from ingest.elastic import Connection
     from ingest.receive.server import Limits, Listen
-    from ingest.relay_usage import UsagePoller
+    from ingest.relay_usage import QuotaSink, UsagePoller
 
 WEBHOOK_PATH = "/webhooks/holysheep"
 log = logging.getLogger("ingest")
@@ -206,6 +206,24 @@ def server_options(settings: Settings) -> tuple[Listen, Limits]:
         linger_bytes=LINGER_BODIES * int(settings.max_body_bytes))
 
 
+def build_relay_poller(settings: Settings, sink: QuotaSink,
+                       transport: httpx.AsyncBaseTransport | None = None,
+                       clock: Callable[[], float] = time.time) -> UsagePoller:
+    """The relay usage poller `serve` runs; settings guarantee a URL and a key together."""
+    from ingest.relay_usage import UsagePoller
+
+    if settings.relay_usage_url is None or settings.relay_api_key is None:
+        raise ConfigError("relay usage polling needs INGEST_RELAY_USAGE_URL and "
+                          "INGEST_RELAY_API_KEY")
+    return UsagePoller(
+        settings.relay_usage_url, settings.relay_api_key.get_secret_value(),
+        remaining_field=settings.relay_usage_remaining_field,
+        total_field=settings.relay_usage_total_field,
+        interval_s=settings.relay_usage_interval.total_seconds(),
+        timeout_s=settings.relay_usage_timeout.total_seconds(), sink=sink,
+        transport=transport, clock=clock)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -252,10 +270,8 @@ def create_app(
         app.state.shipper = shipping[0] if shipping else None
         usage: UsagePoller | None = None
         if quota is not None:
-            from ingest import relay_usage
-
-            usage = relay_usage.from_settings(settings, dashboard.quota if dashboard else quota,
-                                              relay_transport, clock)
+            usage = build_relay_poller(settings, dashboard.quota if dashboard else quota,
+                                       relay_transport, clock)
             usage.start()
         try:
             yield

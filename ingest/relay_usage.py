@@ -10,17 +10,13 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import orjson
 
 from ingest import __version__
-from ingest.errors import ConfigError
-
-if TYPE_CHECKING:
-    from ingest.settings import Settings
 
 log = logging.getLogger("ingest.relay_usage")
 
@@ -239,19 +235,3 @@ class UsagePoller:
             self._task = None
         await self.client.aclose()
         logging.getLogger("httpx").removeFilter(self._quiet)
-
-
-def from_settings(settings: Settings, sink: QuotaSink,
-                  transport: httpx.AsyncBaseTransport | None = None,
-                  clock: Callable[[], float] = time.time) -> UsagePoller:
-    """The poller `serve` runs; settings guarantee a URL and a key together."""
-    if settings.relay_usage_url is None or settings.relay_api_key is None:
-        raise ConfigError("relay usage polling needs INGEST_RELAY_USAGE_URL and "
-                          "INGEST_RELAY_API_KEY")
-    return UsagePoller(
-        settings.relay_usage_url, settings.relay_api_key.get_secret_value(),
-        remaining_field=settings.relay_usage_remaining_field,
-        total_field=settings.relay_usage_total_field,
-        interval_s=settings.relay_usage_interval.total_seconds(),
-        timeout_s=settings.relay_usage_timeout.total_seconds(), sink=sink,
-        transport=transport, clock=clock)
