@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -16,7 +16,13 @@ from ingest.receive.signing import signed_headers
 from ingest.records import Outcome, Pending, Row
 from ingest.ship.bulk import chunks as bulk_chunks
 
+T = TypeVar("T")
 SECRET = "test-secret-0123456789abcdef"
+
+
+def run_bounded(coro: Coroutine[Any, Any, T], timeout: float = 20.0) -> T:
+    """Run a test scenario on a new event loop; it fails after `timeout` seconds, never hangs."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 def signed(body: bytes | dict[str, Any] | list[Any], secret: str = SECRET,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from faults import FaultBulkServer
 from receiver import ReceiverProcess
 
 from ingest.store import Reader
@@ -74,3 +75,9 @@ def reader(receiver: ReceiverProcess) -> Iterator[Reader]:
     yield store
     store.close()
 
+
+@pytest.fixture
+def server() -> Iterator[FaultBulkServer]:
+    """The fault-injection bulk server (a test tool for retry logic), answering normally."""
+    with FaultBulkServer() as srv:
+        yield srv

@@ -8,10 +8,8 @@ tests/elasticsearch). The sink's narrowing and classification are unit-tested on
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Coroutine, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 import pytest
@@ -30,23 +28,14 @@ from ingest.errors import (
 from ingest.records import Pending
 from ingest.ship import bulk
 from ingest.ship.elasticsearch import ElasticsearchSink
+from ingest.testing import run_bounded as run
 
 pytestmark = pytest.mark.integration
 
-T = TypeVar("T")
 STREAM = "logs-holysheep.requests-default"
 PASSWORD = "s3cr3t-pw"
 API_KEY = "QXBpS2V5SWQ6czNjcjN0LWFwaS1rZXk="  # base64 of "ApiKeyId:s3cr3t-api-key"
 
-
-def run(coro: Coroutine[Any, Any, T], timeout: float = 15.0) -> T:
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-@pytest.fixture
-def server() -> Iterator[FaultBulkServer]:
-    with FaultBulkServer() as srv:
-        yield srv
 
 
 def closed_url() -> str:

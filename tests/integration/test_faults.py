@@ -8,9 +8,9 @@ import json
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -26,25 +26,15 @@ from elasticsearch import (
 from faults import BulkItem, FaultBulkServer
 
 from ingest.ship.bulk import FILTER_PATH as SINK_FILTER
+from ingest.testing import run_bounded as run
 
 pytestmark = pytest.mark.integration
 
-T = TypeVar("T")
 STREAM = "logs-holysheep.requests-default"
 WRITE_BLOCK = f"index [{STREAM}] blocked by: [FORBIDDEN/8/index write (api)];"
 FLOOD_BLOCK = (f"index [{STREAM}] blocked by: [TOO_MANY_REQUESTS/12/disk usage exceeded "
                "flood-stage watermark, index has read-only-allow-delete block];")
 
-
-def run(coro: Coroutine[Any, Any, T], timeout: float = 20.0) -> T:
-    """Every scenario is bounded in time."""
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-@pytest.fixture
-def server() -> Iterator[FaultBulkServer]:
-    with FaultBulkServer() as srv:
-        yield srv
 
 
 @asynccontextmanager

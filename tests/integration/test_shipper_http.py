@@ -12,10 +12,10 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 import pytest
@@ -27,15 +27,11 @@ from ingest.errors import VersionMismatch
 from ingest.ship.elasticsearch import ElasticsearchSink
 from ingest.ship.shipper import Shipper
 from ingest.store import Budget, Reader, Retention, Store
+from ingest.testing import run_bounded as run
 
 pytestmark = pytest.mark.integration
 
-T = TypeVar("T")
 
-
-def run(coro: Coroutine[Any, Any, T], timeout: float = 20.0) -> T:
-    """Every scenario is bounded in time."""
-    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 async def until(check: Callable[[], bool], what: str, seconds: float = 5.0) -> None:
@@ -68,12 +64,6 @@ class Rig:
     def close(self) -> None:
         self.reader.close()
         self.store.close()
-
-
-@pytest.fixture
-def server() -> Iterator[FaultBulkServer]:
-    with FaultBulkServer() as srv:
-        yield srv
 
 
 @pytest.fixture

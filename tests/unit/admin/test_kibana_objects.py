@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from email.parser import BytesParser
 from email.policy import HTTP
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -17,6 +16,7 @@ import pytest
 
 from ingest.admin.kibana import import_saved_objects, saved_objects_path
 from ingest.errors import ConfigError, RemoteRefused, RemoteUnavailable
+from ingest.testing import run_bounded as run
 
 ROOT = Path(__file__).resolve().parents[3]
 NDJSON = ROOT / "kibana" / "holysheep.ndjson"
@@ -53,7 +53,6 @@ SEARCH_ATTRIBUTES = frozenset({
 REDUCIBLE = frozenset({"count", "sum", "average", "min", "max", "median", "standard_deviation",
                        "percentile", "last_value", "unique_count"})
 REDUCED_TIME_RANGES = frozenset({"30s", "1m", "5m", "15m", "1h"})
-T = TypeVar("T")
 
 
 # --- the saved objects file -----------------------------------------------------------------
@@ -457,9 +456,6 @@ def test_a_type_migration_version_past_the_baseline_is_caught() -> None:
 SUCCESS = {"success": True, "successCount": len(OBJECTS), "errors": [],
            "successResults": [{"type": o["type"], "id": o["id"], "meta": {}} for o in OBJECTS]}
 
-
-def run(coro: Awaitable[T], timeout: float = 20) -> T:
-    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 def _mock(handler: Callable[[httpx.Request], httpx.Response]) -> httpx.MockTransport:

@@ -5,10 +5,9 @@ what `assets()` installs. The client's errors over HTTP: tests/integration/test_
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 import pytest
@@ -28,15 +27,12 @@ from ingest.records import Outcome, Pending
 from ingest.ship import bulk
 from ingest.ship.elasticsearch import VALIDATION, ElasticsearchSink
 from ingest.testing import FakeCluster
+from ingest.testing import run_bounded as run
 
-T = TypeVar("T")
 STREAM = "logs-holysheep.requests-default"
 PASSWORD = "s3cr3t-pw"
 Answer = Callable[[bytes, str], dict[str, Any]]
 
-
-def run(coro: Coroutine[Any, Any, T], timeout: float = 15.0) -> T:
-    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 def items(*event_ids: str) -> list[Pending]:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable
 
 import httpx
 import orjson
@@ -14,13 +12,10 @@ from ingest import records
 from ingest.errors import ConfigError, RemoteError, RemoteRefused, RemoteUnavailable
 from ingest.records import Pending
 from ingest.ship.logstash import LogstashConnection, LogstashSink
+from ingest.testing import run_bounded as run
 
-T = TypeVar("T")
 URL = "http://127.0.0.1:8081/"
 
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(asyncio.wait_for(coro, 10))
 
 
 def items(*ids: str) -> list[Pending]:

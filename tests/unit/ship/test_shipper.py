@@ -13,9 +13,9 @@ import itertools
 import random
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 import pytest
@@ -30,8 +30,8 @@ from ingest.ship.elasticsearch import VALIDATION, ElasticsearchSink
 from ingest.ship.shipper import Shipper
 from ingest.store import PENDING, Budget, Reader, Retention, Store, purge_dead, requeue_dead
 from ingest.testing import FakeCluster, FakeSink, VirtualTime
+from ingest.testing import run_bounded as run
 
-T = TypeVar("T")
 REJECTED = "[1:1] failed to parse: rejected by fault injection"
 BLOCKS = {  # as Elasticsearch words them: (item status, block)
     "write": (403, "FORBIDDEN/8/index write (api)"),
@@ -40,10 +40,6 @@ BLOCKS = {  # as Elasticsearch words them: (item status, block)
                          "index has read-only-allow-delete block"),
 }
 
-
-def run(coro: Coroutine[Any, Any, T], timeout: float = 20.0) -> T:
-    """Every scenario is bounded in (real) time."""
-    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 class Index:
