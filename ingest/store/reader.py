@@ -247,51 +247,51 @@ class Reader:
             rows += self._query(inner.format(source=tail), args)
         return rows
 
-    def latencies(self, q: Query) -> dict[str, list[float]]:
-        """Each model's latencies in the window, sorted (exact percentiles)."""
-        found: dict[str, list[float]] = {}
-        for model, values in self._pieces(
-                q, "SELECT coalesce(model, '(none)'), json_group_array(latency_ms) FROM {source} "
-                   "GROUP BY 1", "latency_ms IS NOT NULL"):
-            found.setdefault(model, []).extend(orjson.loads(values))
+    def _summed_pieces(self, q: Query, inner: str,
+                       keys: int = 1) -> dict[tuple[Any, ...], list[Any]]:
+        """`_pieces` merged: a row's first `keys` columns name its group, the rest are summed
+        over the pieces, in the order they came."""
+        sums: dict[tuple[Any, ...], list[Any]] = {}
+        for row in self._pieces(q, inner):
+            into = sums.setdefault(tuple(row[:keys]), [0] * (len(row) - keys))
+            for n, value in enumerate(row[keys:]):
+                into[n] += value
+        return sums
+
+    def _sorted_pieces(self, q: Query, inner: str) -> dict[Any, list[float]]:
+        """`_pieces` of (group, JSON array of latencies) rows merged: each group's, sorted."""
+        found: dict[Any, list[float]] = {}
+        for group, values in self._pieces(q, inner, "latency_ms IS NOT NULL"):
+            found.setdefault(group, []).extend(orjson.loads(values))
         for values in found.values():
             values.sort()
         return found
+
+    def latencies(self, q: Query) -> dict[str, list[float]]:
+        """Each model's latencies in the window, sorted (exact percentiles)."""
+        return self._sorted_pieces(
+            q, "SELECT coalesce(model, '(none)'), json_group_array(latency_ms) FROM {source} "
+               "GROUP BY 1")
 
     def latency_slots(self, q: Query, step_ms: int) -> dict[int, list[float]]:
         """The window's latencies, sorted, in time slots of `step_ms` from its start."""
-        found: dict[int, list[float]] = {}
-        for slot, values in self._pieces(
-                q, f"SELECT (ts - {int(q.since_ms)}) / {int(step_ms)}, "
-                   "json_group_array(latency_ms) FROM {source} GROUP BY 1",
-                "latency_ms IS NOT NULL"):
-            found.setdefault(slot, []).extend(orjson.loads(values))
-        for values in found.values():
-            values.sort()
-        return found
+        return self._sorted_pieces(
+            q, f"SELECT (ts - {int(q.since_ms)}) / {int(step_ms)}, "
+               "json_group_array(latency_ms) FROM {source} GROUP BY 1")
 
     def traffic(self, q: Query, step_ms: int) -> dict[tuple[int, str | None], list[int]]:
         """Requests and errors (status >= 400) per time slot of `step_ms` and model."""
-        found: dict[tuple[int, str | None], list[int]] = {}
-        for slot, model, requests, errors in self._pieces(
-                q, f"SELECT (ts - {int(q.since_ms)}) / {int(step_ms)}, model, count(*), "
-                   f"count(*) FILTER (WHERE status_code >= {ERROR_STATUS}) FROM {{source}} "
-                   "GROUP BY 1, 2"):
-            counts = found.setdefault((slot, model), [0, 0])
-            counts[0] += requests
-            counts[1] += errors
-        return found
+        return self._summed_pieces(
+            q, f"SELECT (ts - {int(q.since_ms)}) / {int(step_ms)}, model, count(*), "
+               f"count(*) FILTER (WHERE status_code >= {ERROR_STATUS}) FROM {{source}} "
+               "GROUP BY 1, 2", keys=2)
 
     def error_counts(self, q: Query) -> list[tuple[str | None, int, int]]:
-        found: dict[str | None, list[int]] = {}
-        for model, requests, errors in self._pieces(
-                q, "SELECT model, count(*), "
-                   f"count(*) FILTER (WHERE status_code >= {ERROR_STATUS}) "
-                   "FROM {source} GROUP BY model"):
-            counts = found.setdefault(model, [0, 0])
-            counts[0] += requests
-            counts[1] += errors
-        return [(model, requests, errors) for model, (requests, errors) in found.items()]
+        found = self._summed_pieces(
+            q, "SELECT model, count(*), "
+               f"count(*) FILTER (WHERE status_code >= {ERROR_STATUS}) "
+               "FROM {source} GROUP BY model")
+        return [(model, requests, errors) for (model,), (requests, errors) in found.items()]
 
     def top_errors(self, q: Query, per_model: int) -> dict[str | None, list[tuple[str, int]]]:
         found: dict[str | None, list[tuple[str, int]]] = {}
@@ -309,14 +309,10 @@ class Reader:
         """Per UTC day (and model or user): requests, both costs, tokens."""
         key = {"day": "NULL", "model": "model", "user": "user_id"}[by]
         # The day as a number: formatting a date per row cost more than the whole sum.
-        sums: dict[tuple[int, str | None], list[float]] = {}
-        for day, group, *values in self._pieces(
-                q, f"SELECT ts / {DAY_MS}, {key}, count(*), total(cost_usd), "
-                   "total(computed_cost_usd), total(prompt_tokens), total(completion_tokens), "
-                   "total(tokens_used) FROM {source} GROUP BY 1, 2"):
-            into = sums.setdefault((day, group), [0.0] * len(values))
-            for n, value in enumerate(values):
-                into[n] += value
+        sums = self._summed_pieces(
+            q, f"SELECT ts / {DAY_MS}, {key}, count(*), total(cost_usd), "
+               "total(computed_cost_usd), total(prompt_tokens), total(completion_tokens), "
+               "total(tokens_used) FROM {source} GROUP BY 1, 2", keys=2)
         names = ("requests", "cost_usd", "computed_cost_usd", "prompt_tokens",
                  "completion_tokens", "total_tokens")
         out = []
@@ -331,18 +327,14 @@ class Reader:
 
     def user_costs(self, q: Query) -> list[dict[str, Any]]:
         """Per user over the window: requests, errors, both costs and total tokens."""
-        sums: dict[str | None, list[float]] = {}
-        for user, *values in self._pieces(
-                q, "SELECT user_id, count(*), "
-                   f"count(*) FILTER (WHERE status_code >= {ERROR_STATUS}), "
-                   "total(cost_usd), total(computed_cost_usd), total(tokens_used) "
-                   "FROM {source} GROUP BY 1"):
-            into = sums.setdefault(user, [0.0] * len(values))
-            for n, value in enumerate(values):
-                into[n] += value
+        sums = self._summed_pieces(
+            q, "SELECT user_id, count(*), "
+               f"count(*) FILTER (WHERE status_code >= {ERROR_STATUS}), "
+               "total(cost_usd), total(computed_cost_usd), total(tokens_used) "
+               "FROM {source} GROUP BY 1")
         return [{"user": user, "requests": int(requests), "errors": int(errors),
                  "cost_usd": cost, "computed_cost_usd": computed, "total_tokens": int(tokens)}
-                for user, (requests, errors, cost, computed, tokens) in sums.items()]
+                for (user,), (requests, errors, cost, computed, tokens) in sums.items()]
 
     def quarantined(self, limit: int = 20) -> list[dict[str, Any]]:
         rows = self._query("SELECT id, received_at, reason, raw FROM quarantine "
